@@ -1,0 +1,312 @@
+"""A real single-node Apache Kafka broker (KRaft) run from the Maven Central jars.
+
+Used by ``pulse broker``, ``pulse demo`` and the integration tests::
+
+    with KafkaBroker(port=free_port(), data_dir=tmp) as broker:
+        print(broker.bootstrap)          # 127.0.0.1:<port>
+
+Jars are fetched once with Maven into ``~/.cache/pulse/kafka/<version>`` (outside
+the work tree; override with ``PULSE_KAFKA_CACHE``). Kafka 3.x logs through
+reload4j, 4.x through log4j2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VERSION = "3.9.1"
+
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>dev.pulse</groupId><artifactId>kafka-runtime</artifactId><version>1</version>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{version}</version></dependency>
+{logging}
+  </dependencies>
+</project>
+"""
+_LOGGING_3 = """    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-reload4j</artifactId>
+      <version>1.7.36</version></dependency>
+    <dependency><groupId>ch.qos.reload4j</groupId><artifactId>reload4j</artifactId>
+      <version>1.2.25</version></dependency>"""
+_LOGGING_4 = """    <dependency><groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j2-impl</artifactId><version>2.24.3</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-core</artifactId><version>2.24.3</version></dependency>"""
+_LOG4J_3 = """log4j.rootLogger=WARN, stdout
+log4j.appender.stdout=org.apache.log4j.ConsoleAppender
+log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
+log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.server.KafkaServer=INFO
+log4j.logger.kafka.server.BrokerServer=INFO
+"""
+_LOG4J_4 = """status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.stdout.ref = STDOUT
+"""
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be fetched, formatted or started."""
+
+
+def cache_dir(version: str) -> Path:
+    base = Path(os.environ.get("PULSE_KAFKA_CACHE", Path.home() / ".cache" / "pulse" / "kafka"))
+    return base / version
+
+
+def major(version: str) -> int:
+    return int(version.split(".", 1)[0])
+
+
+def ensure_jars(version: str = DEFAULT_VERSION) -> Path:
+    """Return the directory holding the broker's runtime jars, downloading them once."""
+    target = cache_dir(version)
+    jars = target / "jars"
+    marker = target / ".complete"
+    if marker.exists():
+        return jars
+    if shutil.which("mvn") is None:
+        raise BrokerError(
+            "Maven (mvn) is needed once to download the Kafka jars: install it "
+            "(apt-get install maven) or point PULSE_KAFKA_BOOTSTRAP at a running broker"
+        )
+    target.mkdir(parents=True, exist_ok=True)
+    logging_deps = _LOGGING_4 if major(version) >= 4 else _LOGGING_3
+    with tempfile.TemporaryDirectory() as tmp:
+        pom = Path(tmp) / "pom.xml"
+        pom.write_text(_POM.format(version=version, logging=logging_deps))
+        staging = Path(tmp) / "jars"
+        cmd = [
+            "mvn",
+            "-B",
+            "-q",
+            "-f",
+            str(pom),
+            "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={staging}",
+        ]
+        log.info("downloading Apache Kafka %s jars with Maven into %s", version, target)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BrokerError(
+                f"Maven could not fetch Kafka {version}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+                " — check that Maven Central is reachable and the version exists"
+            )
+        if jars.exists():
+            shutil.rmtree(jars)
+        shutil.move(str(staging), jars)
+    marker.write_text(version)
+    return jars
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _set_parent_death_signal() -> None:  # runs in the child before exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+async def _broker_count(bootstrap: str, timeout_s: float = 3.0) -> int:
+    from aiokafka.client import AIOKafkaClient
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout_s)
+        return len(client.cluster.brokers())
+    finally:
+        await client.close()
+
+
+def metadata_ready(bootstrap: str, timeout_s: float = 3.0) -> bool:
+    """True when the broker answers a metadata request listing at least one broker."""
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # connection refusals are expected while it boots
+    try:
+        return asyncio.run(_broker_count(bootstrap, timeout_s)) > 0
+    except Exception:
+        return False
+    finally:
+        quiet.setLevel(level)
+
+
+class KafkaBroker:
+    """A single-node KRaft broker process (broker + controller roles)."""
+
+    def __init__(
+        self,
+        port: int = 9092,
+        data_dir: str | os.PathLike[str] | None = None,
+        version: str | None = None,
+        controller_port: int | None = None,
+        heap: str = "512m",
+        extra_config: Mapping[str, str] | None = None,
+        log_file: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.port = port
+        self.controller_port = controller_port or free_port()
+        self.version = version or os.environ.get("PULSE_KAFKA_VERSION", DEFAULT_VERSION)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="pulse-kafka-")
+            data_dir = self._tmp.name
+        self.data_dir = Path(data_dir).resolve()
+        self.heap = heap
+        self.extra_config = dict(extra_config or {})
+        self.log_path = Path(log_file) if log_file else self.data_dir / "broker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def config(self) -> dict[str, str]:
+        cfg = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.data_dir / "logs"),
+            "num.partitions": "4",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "8",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "true",
+            # accept oversized records so Pulse can route them to the DLQ itself
+            "message.max.bytes": str(16 * 1024 * 1024),
+            "replica.fetch.max.bytes": str(16 * 1024 * 1024),
+            "log.segment.bytes": str(64 * 1024 * 1024),
+        }
+        cfg.update(self.extra_config)
+        return cfg
+
+    def _java(self) -> str:
+        java_home = os.environ.get("JAVA_HOME")
+        java = Path(java_home) / "bin" / "java" if java_home else shutil.which("java")
+        if not java:
+            raise BrokerError("Java 17 is needed to run Kafka: install openjdk-17-jre-headless")
+        return str(java)
+
+    def _prepare(self, jars: Path) -> tuple[Path, list[str]]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props = self.data_dir / "server.properties"
+        props.write_text("".join(f"{k}={v}\n" for k, v in self.config().items()))
+        if major(self.version) >= 4:
+            log_cfg = self.data_dir / "log4j2.properties"
+            log_cfg.write_text(_LOG4J_4)
+            log_opt = f"-Dlog4j2.configurationFile={log_cfg}"
+        else:
+            log_cfg = self.data_dir / "log4j.properties"
+            log_cfg.write_text(_LOG4J_3)
+            log_opt = f"-Dlog4j.configuration=file:{log_cfg}"
+        base = [self._java(), f"-Xmx{self.heap}", "-Xss1m", log_opt, "-cp", f"{jars}/*"]
+        return props, base
+
+    def start(self, timeout_s: float = 90.0) -> KafkaBroker:
+        """Fetch jars if needed, format storage, start the JVM and wait for metadata."""
+        jars = ensure_jars(self.version)
+        props, base = self._prepare(jars)
+        meta = self.data_dir / "logs" / "meta.properties"
+        if not meta.exists():
+            fmt = subprocess.run(
+                [*base, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props),
+                 "--ignore-formatted"],
+                capture_output=True,
+                text=True,
+            )
+            if fmt.returncode != 0:
+                raise BrokerError(f"formatting Kafka storage failed: {fmt.stdout}{fmt.stderr}")
+        self._logf = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            [*base, "kafka.Kafka", str(props)],
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_set_parent_death_signal,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BrokerError(
+                    f"Kafka exited with code {self.proc.returncode}; see {self.log_path}:\n"
+                    + self.log_path.read_text(errors="replace")[-3000:]
+                )
+            if metadata_ready(self.bootstrap, timeout_s=2.0):
+                log.info("Kafka %s ready on %s", self.version, self.bootstrap)
+                return self
+            time.sleep(0.3)
+        self.stop()
+        raise BrokerError(f"Kafka did not answer metadata requests within {timeout_s:.0f}s")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the JVM (SIGTERM, then SIGKILL) and remove a temporary data dir."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if getattr(self, "_logf", None) is not None:
+            self._logf.close()
+            self._logf = None  # type: ignore[assignment]
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def kill(self) -> None:
+        """Stop abruptly (SIGKILL), keeping the data dir: a broker crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> KafkaBroker:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")

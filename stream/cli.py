@@ -1,0 +1,272 @@
+"""The ``pulse`` command line.
+
+    pulse broker [--port 9092] [--data-dir DIR]
+    pulse worker
+    pulse demo
+    pulse simulate [--rate 200] [--duration 60] [--scenario steady] [--via kafka|http]
+    pulse replay FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from stream.config import Settings
+
+log = logging.getLogger("pulse")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        sys.exit(f"pulse: configuration error: {exc}")
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set():
+        stop.wait(0.5)
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from stream.broker import BrokerError, KafkaBroker
+
+    broker = KafkaBroker(port=args.port, data_dir=args.data_dir, version=args.version)
+    try:
+        broker.start()
+    except BrokerError as exc:
+        print(f"pulse broker: {exc}", file=sys.stderr)
+        return 1
+    print(f"Kafka {broker.version} ready on {broker.bootstrap} (data in {broker.data_dir})", flush=True)
+    print("Ctrl-C stops it.", flush=True)
+    try:
+        _wait_for_signal()
+    finally:
+        broker.stop()
+        print("broker stopped", flush=True)
+    return 0
+
+
+async def _ensure_topics_with_retry(settings: Settings, timeout_s: float = 60.0) -> None:
+    from stream.topics import ensure_topics
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await ensure_topics(settings)
+            return
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"pulse: cannot reach Kafka at {settings.kafka_bootstrap} ({exc!r}); "
+                    "start one with `pulse broker` or set PULSE_KAFKA_BOOTSTRAP"
+                ) from None
+            await asyncio.sleep(1.0)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from stream.app import create_app
+
+    settings = _settings()
+    asyncio.run(_ensure_topics_with_retry(settings))
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def _set_parent_death_signal() -> None:
+    from stream.broker import _set_parent_death_signal as pdeath
+
+    pdeath()
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 90.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"pulse: the worker exited with code {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"pulse: the worker was not ready at {url}/readyz within {timeout_s:.0f}s")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from stream.broker import KafkaBroker, free_port
+    from stream.core.simulator import SimConfig
+    from stream.simulate import run_simulation
+
+    env = dict(os.environ)
+    broker = None
+    data = Path(env.get("PULSE_DATA_DIR", ".pulse"))
+    if "PULSE_KAFKA_BOOTSTRAP" not in env:
+        port = 9092 if _port_free(9092) else free_port()
+        broker = KafkaBroker(port=port, data_dir=data / "kafka")
+        print(f"starting Kafka {broker.version} on {broker.bootstrap} ...", flush=True)
+        broker.start()
+        env["PULSE_KAFKA_BOOTSTRAP"] = broker.bootstrap
+    key = env.get("PULSE_WRITE_KEYS", "").split(",")[0].strip() or f"demo-{secrets.token_hex(8)}"
+    env.setdefault("PULSE_WRITE_KEYS", key)
+    env.setdefault("PULSE_WINDOW", "10s")
+    env.setdefault("PULSE_GRACE", "5s")
+    settings = Settings.from_env(env)
+    url = f"http://127.0.0.1:{settings.web_port}"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "worker"],
+        env=env,
+        preexec_fn=_set_parent_death_signal,
+    )
+    stopping = False
+    try:
+        _wait_ready(url, worker)
+        print(f"\nPulse is live: {url}/   (write key: {key})", flush=True)
+        print("Metrics at /metrics; send your own events with", flush=True)
+        print(f"  curl -H 'Authorization: Bearer {key}' -d @event.json {url}/v1/events", flush=True)
+        print("Ctrl-C stops everything.\n", flush=True)
+        cfg = SimConfig(rate=args.rate, duration_s=args.duration, scenario=args.scenario, seed=args.seed)
+        asyncio.run(run_simulation(settings, cfg, via="http", url=url, write_key=key))
+        print("simulation finished; the worker keeps running until Ctrl-C", flush=True)
+        _wait_for_signal()
+    except KeyboardInterrupt:
+        stopping = True
+    finally:
+        print("\nstopping worker ...", flush=True)
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        if broker is not None:
+            print("stopping broker ...", flush=True)
+            broker.stop()
+        print("stopped" + (" (interrupted)" if stopping else ""), flush=True)
+    return 0
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from stream.core.simulator import SimConfig
+    from stream.simulate import run_simulation
+
+    settings = _settings()
+    cfg = SimConfig(
+        rate=args.rate,
+        duration_s=args.duration,
+        campaigns=args.campaigns,
+        scenario=args.scenario,
+        seed=args.seed,
+    )
+    url = args.url or f"http://127.0.0.1:{settings.web_port}"
+    key = args.write_key or (settings.write_keys[0] if settings.write_keys else None)
+    if args.via == "http" and not key:
+        sys.exit("pulse simulate: --via http needs a write key: pass --write-key or set PULSE_WRITE_KEYS")
+    if args.via == "kafka":
+        asyncio.run(_ensure_topics_with_retry(settings))
+    try:
+        summary = asyncio.run(run_simulation(settings, cfg, via=args.via, url=url, write_key=key))
+    except KeyboardInterrupt:
+        return 130
+    _print_summary(summary)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from stream.replay import replay_file
+
+    settings = _settings()
+    asyncio.run(_ensure_topics_with_retry(settings))
+    try:
+        summary = asyncio.run(replay_file(settings, args.file, rate=args.rate))
+    except (FileNotFoundError, ValueError) as exc:
+        sys.exit(f"pulse replay: {exc}")
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    import orjson
+
+    print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pulse", description="Real-time marketing event processor")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("broker", help="run a local single-node Apache Kafka (KRaft)")
+    b.add_argument("--port", type=int, default=9092)
+    b.add_argument("--data-dir", default=None, help="keep data here (default: a temporary dir)")
+    b.add_argument("--version", default=None, help="Kafka version (default PULSE_KAFKA_VERSION)")
+    b.set_defaults(func=cmd_broker)
+
+    w = sub.add_parser("worker", help="run a Pulse worker (Faust app + HTTP on PULSE_WEB_PORT)")
+    w.set_defaults(func=cmd_worker)
+
+    for name, helptext in (
+        ("demo", "local broker + worker + simulated traffic in one command"),
+        ("simulate", "send realistic synthetic traffic"),
+    ):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("--rate", type=float, default=200.0, help="events per second")
+        s.add_argument("--duration", type=float, default=3600.0 if name == "demo" else 60.0)
+        s.add_argument("--scenario", choices=["steady", "ctr-drop", "surge"], default="steady")
+        s.add_argument("--seed", type=int, default=42)
+        if name == "simulate":
+            s.add_argument("--campaigns", type=int, default=5)
+            s.add_argument("--via", choices=["kafka", "http"], default="kafka")
+            s.add_argument("--url", default=None, help="collector base URL for --via http")
+            s.add_argument("--write-key", default=None)
+            s.set_defaults(func=cmd_simulate)
+        else:
+            s.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("replay", help="replay a JSONL, CSV or Parquet file into pulse.events")
+    r.add_argument("file")
+    r.add_argument("--rate", type=float, default=None, help="events per second (default: max)")
+    r.set_defaults(func=cmd_replay)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = os.environ.get("PULSE_LOG_LEVEL", "info").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

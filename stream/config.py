@@ -1,0 +1,137 @@
+"""One frozen settings object, read from ``PULSE_*`` environment variables.
+
+>>> s = Settings.from_env({"PULSE_WINDOW": "5m", "PULSE_WRITE_KEYS": "a, b"})
+>>> s.window_s, s.write_keys
+(300.0, ('a', 'b'))
+>>> s.topic("events")
+'pulse.events'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+
+from stream.core.durations import parse_duration
+
+#: Every environment variable Pulse reads, with its default (documented in the README).
+DEFAULTS: dict[str, str] = {
+    "PULSE_KAFKA_BOOTSTRAP": "localhost:9092",
+    "PULSE_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+    "PULSE_KAFKA_SASL_MECHANISM": "",
+    "PULSE_KAFKA_USERNAME": "",
+    "PULSE_KAFKA_PASSWORD": "",
+    "PULSE_APP_ID": "pulse",
+    "PULSE_WEB_HOST": "0.0.0.0",
+    "PULSE_WEB_PORT": "6066",
+    "PULSE_WRITE_KEYS": "",
+    "PULSE_RATE_LIMIT": "20000",
+    "PULSE_WINDOW": "60s",
+    "PULSE_GRACE": "30s",
+    "PULSE_ATTRIBUTION_WINDOW": "24h",
+    "PULSE_DEDUP_TTL": "24h",
+    "PULSE_TOPIC_PREFIX": "pulse.",
+    "PULSE_PARTITIONS": "4",
+    "PULSE_REPLICATION_FACTOR": "1",
+    "PULSE_PSEUDONYMIZE_SALT": "",
+    "PULSE_DATA_DIR": ".pulse",
+    "PULSE_BATCH_SIZE": "1000",
+    "PULSE_LOG_LEVEL": "info",
+    "PULSE_KAFKA_VERSION": "3.9.1",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str
+    kafka_security_protocol: str
+    kafka_sasl_mechanism: str
+    kafka_username: str
+    kafka_password: str
+    app_id: str
+    web_host: str
+    web_port: int
+    write_keys: tuple[str, ...]
+    rate_limit: float
+    window_s: float
+    grace_s: float
+    attribution_window_s: float
+    dedup_ttl_s: float
+    topic_prefix: str
+    partitions: int
+    replication_factor: int
+    pseudonymize_salt: str
+    data_dir: str
+    batch_size: int
+    log_level: str
+    kafka_version: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default: ``os.environ``) over :data:`DEFAULTS`."""
+        src = os.environ if env is None else env
+        v = {k: src.get(k, d) for k, d in DEFAULTS.items()}
+
+        def integer(name: str) -> int:
+            try:
+                return int(v[name])
+            except ValueError:
+                raise ValueError(f"{name}={v[name]!r} is not an integer; set a whole number") from None
+
+        def duration(name: str) -> float:
+            try:
+                return parse_duration(v[name])
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+
+        return cls(
+            kafka_bootstrap=v["PULSE_KAFKA_BOOTSTRAP"],
+            kafka_security_protocol=v["PULSE_KAFKA_SECURITY_PROTOCOL"].upper(),
+            kafka_sasl_mechanism=v["PULSE_KAFKA_SASL_MECHANISM"].upper(),
+            kafka_username=v["PULSE_KAFKA_USERNAME"],
+            kafka_password=v["PULSE_KAFKA_PASSWORD"],
+            app_id=v["PULSE_APP_ID"],
+            web_host=v["PULSE_WEB_HOST"],
+            web_port=integer("PULSE_WEB_PORT"),
+            write_keys=tuple(k.strip() for k in v["PULSE_WRITE_KEYS"].split(",") if k.strip()),
+            rate_limit=float(v["PULSE_RATE_LIMIT"]),
+            window_s=duration("PULSE_WINDOW"),
+            grace_s=duration("PULSE_GRACE"),
+            attribution_window_s=duration("PULSE_ATTRIBUTION_WINDOW"),
+            dedup_ttl_s=duration("PULSE_DEDUP_TTL"),
+            topic_prefix=v["PULSE_TOPIC_PREFIX"],
+            partitions=integer("PULSE_PARTITIONS"),
+            replication_factor=integer("PULSE_REPLICATION_FACTOR"),
+            pseudonymize_salt=v["PULSE_PSEUDONYMIZE_SALT"],
+            data_dir=v["PULSE_DATA_DIR"],
+            batch_size=integer("PULSE_BATCH_SIZE"),
+            log_level=v["PULSE_LOG_LEVEL"],
+            kafka_version=v["PULSE_KAFKA_VERSION"],
+        )
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a short name such as ``events`` or ``events.dlq``."""
+        return f"{self.topic_prefix}{name}"
+
+    def with_(self, **changes: object) -> Settings:
+        """Copy with some fields changed (tests, demo)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def kafka_client_kwargs(self) -> dict[str, object]:
+        """Security keyword arguments shared by every aiokafka client."""
+        kw: dict[str, object] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            kw.update(
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_plain_username=self.kafka_username,
+                sasl_plain_password=self.kafka_password,
+            )
+        if self.kafka_security_protocol == "SASL_SSL":
+            from aiokafka.helpers import create_ssl_context
+
+            kw["ssl_context"] = create_ssl_context()
+        return kw
+
+
+FIELD_NAMES = tuple(f.name for f in fields(Settings))

@@ -1,0 +1,126 @@
+"""Pure rules of the HTTP collector: auth, rate limit and body classification.
+
+>>> keys = WriteKeys(["k1"])
+>>> keys.check("Bearer k1"), keys.check("Bearer nope"), keys.check(None)
+(True, False, False)
+>>> body = classify_body(b'[{"type":"view"}]', received_ms=0)
+>>> body.status, len(body.accepted), body.errors[0]["reason"]
+(202, 0, 'schema')
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from stream.core.ingest import dlq_record
+from stream.core.validation import Rejection, check_event
+
+MAX_BODY_BYTES = 512 * 1024
+MAX_ITEMS = 500
+
+
+class WriteKeys:
+    """Constant-time bearer-key check against every configured key."""
+
+    def __init__(self, keys: list[str] | tuple[str, ...]) -> None:
+        self._keys = [k.encode() for k in keys]
+
+    def match(self, header: str | None) -> str | None:
+        """Return the matching key, or None."""
+        if not header or not header.startswith("Bearer "):
+            return None
+        given = header[7:].strip().encode()
+        found = None
+        for key in self._keys:  # no early exit: time does not depend on which key matched
+            if hmac.compare_digest(given, key):
+                found = key.decode()
+        return found
+
+    def check(self, header: str | None) -> bool:
+        return self.match(header) is not None
+
+
+class RateLimiter:
+    """Token bucket per write key, in events per second with one second of burst.
+
+    >>> rl = RateLimiter(rate=10, clock=lambda: 0.0)
+    >>> rl.take("k", 10), rl.take("k", 1)
+    (0.0, 0.1)
+    """
+
+    def __init__(self, rate: float, burst_s: float = 1.0, clock: Any = time.monotonic) -> None:
+        self.rate = rate
+        self.capacity = max(rate * burst_s, 1.0)
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str, n: int) -> float:
+        """Take ``n`` tokens; return 0 when allowed, else seconds to wait before retrying."""
+        if self.rate <= 0:
+            return 0.0
+        now = self.clock()
+        tokens, last = self._buckets.get(key, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - last) * self.rate)
+        need = min(n, self.capacity)
+        if tokens >= need:
+            self._buckets[key] = (tokens - need, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (need - tokens) / self.rate
+
+
+@dataclass
+class BodyResult:
+    status: int
+    message: str = ""
+    accepted: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def reasons(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for e in self.errors:
+            out[e["reason"]] = out.get(e["reason"], 0) + 1
+        return out
+
+
+def _key_of(item: dict[str, Any]) -> bytes | None:
+    uid = item.get("user_id") or item.get("anonymous_id")
+    return uid.encode() if isinstance(uid, str) else None
+
+
+def classify_body(body: bytes, received_ms: int) -> BodyResult:
+    """Split a request body into events to write and rejected items (by index)."""
+    if len(body) > MAX_BODY_BYTES:
+        return BodyResult(413, f"body is {len(body)} bytes; send at most {MAX_BODY_BYTES} per request")
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return BodyResult(400, f"body is not valid JSON ({exc}); send one event object or an array")
+    if isinstance(parsed, dict):
+        items: list[Any] = [parsed]
+    elif isinstance(parsed, list):
+        items = parsed
+        if len(items) > MAX_ITEMS:
+            return BodyResult(413, f"{len(items)} events in one request; send at most {MAX_ITEMS}")
+        if not items:
+            return BodyResult(400, "empty array: send at least one event")
+    else:
+        return BodyResult(400, "body must be a JSON object (one event) or an array of events")
+    out = BodyResult(202)
+    for index, item in enumerate(items):
+        checked = check_event(item, received_ms)
+        raw = orjson.dumps(item)
+        key = _key_of(item) if isinstance(item, dict) else None
+        if isinstance(checked, Rejection):
+            out.errors.append({"index": index, "reason": checked.reason, "detail": checked.detail})
+            out.dlq.append((key, dlq_record(checked.reason, checked.detail, raw, received_ms)))
+        else:
+            out.accepted.append((key, raw))
+    return out

@@ -1,0 +1,78 @@
+"""Turn a batch of raw Kafka records into valid events, DLQ records and counts.
+
+Pure: the Faust agent feeds it ``(key, value, partition, offset, timestamp_ms)``
+tuples and sends what it returns.
+
+>>> from stream.core.dedup import Deduplicator
+>>> ing = Ingestor(Deduplicator({}, ttl_ms=86_400_000))
+>>> ok = b'{"event_id":"e1","type":"view","event_time":1000,"user_id":"u","campaign_id":"c"}'
+>>> r = ing.process([(b"u", ok, 0, 0, 5000), (b"u", ok, 0, 1, 5000), (b"u", b"{", 0, 2, 5000)])
+>>> len(r.valid), r.duplicates, dict(r.invalid)
+(1, 1, {'invalid_json': 1})
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from stream.core.dedup import Deduplicator
+from stream.core.validation import MAX_EVENT_BYTES, Rejection, parse_event
+
+RawRecord = tuple[bytes | None, bytes | None, int, int, int]  # key, value, partition, offset, ts_ms
+
+
+@dataclass(slots=True)
+class BatchResult:
+    valid: list[dict[str, Any]] = field(default_factory=list)
+    dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    invalid: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+
+
+def dlq_record(reason: str, detail: str, payload: bytes, received_ms: int) -> bytes:
+    """Encode a DLQ record; payload is the original text (truncated when too large).
+
+    >>> orjson.loads(dlq_record("invalid_json", "bad", b"{x", 7))["payload"]
+    '{x'
+    """
+    if len(payload) > MAX_EVENT_BYTES:
+        detail = f"{detail} (payload truncated to its first {MAX_EVENT_BYTES} bytes)"
+        payload = payload[:MAX_EVENT_BYTES]
+    return orjson.dumps(
+        {
+            "reason": reason,
+            "detail": detail,
+            "payload": payload.decode("utf-8", errors="replace"),
+            "received_at": received_ms,
+        }
+    )
+
+
+class Ingestor:
+    """Validate, normalise and deduplicate records in arrival order."""
+
+    def __init__(self, dedup: Deduplicator) -> None:
+        self.dedup = dedup
+
+    def process(self, records: Iterable[RawRecord], now_ms: int | None = None) -> BatchResult:
+        out = BatchResult()
+        valid_add = out.valid.append
+        is_dup = self.dedup.is_duplicate
+        for key, value, partition, offset, ts_ms in records:
+            received = ts_ms if ts_ms > 0 else (now_ms or 0)
+            raw = value if value is not None else b""
+            event = parse_event(raw, received)
+            if isinstance(event, Rejection):
+                out.invalid[event.reason] += 1
+                out.dlq.append((key, dlq_record(event.reason, event.detail, raw, received)))
+                continue
+            if is_dup(event["event_id"], partition, offset, now_ms or received):
+                out.duplicates += 1
+                continue
+            valid_add(event)
+        return out

@@ -1,0 +1,124 @@
+"""HTTP endpoints of a worker: collector, health, readiness, Prometheus, live page."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import faust
+import orjson
+from aiohttp import web
+
+from stream.core.collector import MAX_BODY_BYTES, RateLimiter, WriteKeys, classify_body
+from stream.producer import KafkaUnavailable
+
+if TYPE_CHECKING:
+    from stream.app import Runtime
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type=JSON, headers=headers)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return _json(status, {"error": message}, headers)
+
+
+def register(app: faust.App, rt: Runtime) -> None:
+    keys = WriteKeys(rt.settings.write_keys)
+    limiter = RateLimiter(rt.settings.rate_limit)
+    metrics = rt.metrics
+    events_topic = rt.settings.topic("events")
+    dlq_topic = rt.settings.topic("events.dlq")
+
+    async def collect(request: web.Request) -> web.Response:
+        key = keys.match(request.headers.get("Authorization"))
+        if key is None:
+            return _error(
+                401,
+                "missing or unknown write key: send 'Authorization: Bearer <key>' "
+                "with a key from PULSE_WRITE_KEYS",
+                {"WWW-Authenticate": 'Bearer realm="pulse"'},
+            )
+        length = request.content_length
+        if length is not None and length > MAX_BODY_BYTES:
+            return _error(413, f"body is {length} bytes; send at most {MAX_BODY_BYTES} per request")
+        body = await request.content.read(MAX_BODY_BYTES + 1)
+        received_ms = int(time.time() * 1000)
+        result = classify_body(body, received_ms)
+        if result.status != 202:
+            return _error(result.status, result.message)
+        wait = limiter.take(key, len(result.accepted) + len(result.dlq))
+        if wait > 0:
+            return _error(
+                429,
+                f"rate limit of {rt.settings.rate_limit:g} events/s for this key exceeded; "
+                "retry after the Retry-After seconds",
+                {"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+        if not rt.writer.started:
+            return _error(503, "not connected to Kafka yet; retry shortly", {"Retry-After": "2"})
+        try:
+            if result.accepted:
+                await rt.writer.send_many(result.accepted, events_topic, timestamp_ms=received_ms)
+            if result.dlq:
+                await rt.writer.send_many(result.dlq, dlq_topic, timestamp_ms=received_ms)
+        except KafkaUnavailable as exc:
+            log.warning("collector write failed: %s", exc)
+            return _error(
+                503, "Kafka did not acknowledge the events; nothing was accepted, retry later",
+                {"Retry-After": "5"},
+            )
+        metrics.count_invalid(result.reasons)
+        return _json(
+            202,
+            {"accepted": len(result.accepted), "rejected": len(result.errors), "errors": result.errors},
+        )
+
+    async def healthz(request: web.Request) -> web.Response:
+        return _json(200, {"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        checks = {"kafka_writer": rt.writer.started, "partitions_assigned": rt.assigned}
+        ready = all(checks.values())
+        return _json(200 if ready else 503, {"ready": ready, "checks": checks})
+
+    async def prometheus(request: web.Request) -> web.Response:
+        return web.Response(
+            body=metrics.exposition(), headers={"Content-Type": "text/plain; version=0.0.4"}
+        )
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(text=_INDEX, content_type="text/html")
+
+    async def counted(handler: Any, request: web.Request) -> web.Response:
+        response = await handler(request)
+        metrics.count_http(response.status)
+        return response
+
+    def view(handler: Any) -> Any:
+        async def wrapped(self: Any, request: web.Request, **kw: Any) -> web.Response:
+            return await counted(handler, request)
+
+        return wrapped
+
+    for path, method, handler in [
+        ("/v1/events", "post", collect),
+        ("/healthz", "get", healthz),
+        ("/readyz", "get", readyz),
+        ("/metrics", "get", prometheus),
+        ("/", "get", index),
+    ]:
+        cls = type(f"View_{handler.__name__}", (faust.web.View,), {method: view(handler)})
+        app.page(path, name=f"pulse-{handler.__name__}")(cls)
+
+
+_INDEX = """<!doctype html><html><head><meta charset="utf-8"><title>Pulse</title></head>
+<body><h1>Pulse worker</h1><p>Endpoints: POST /v1/events, GET /metrics, /healthz, /readyz.</p>
+</body></html>"""
