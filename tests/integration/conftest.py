@@ -1,0 +1,137 @@
+"""Real-Kafka fixtures: one broker per test session, workers as real `pulse worker` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream.broker import KafkaBroker, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaBroker]:
+    version = os.environ.get("PULSE_TEST_KAFKA_VERSION") or None
+    broker = KafkaBroker(port=free_port(), version=version)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@dataclass
+class Worker:
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    url: str = ""
+    logs: list[Path] = field(default_factory=list)
+
+    def start(self, timeout_s: float = 90) -> Worker:
+        port = free_port()
+        self.env["PULSE_WEB_PORT"] = str(port)
+        self.url = f"http://127.0.0.1:{port}"
+        logf = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "worker"],
+            env=self.env,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"worker exited; log:\n{self.tail()}"
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"worker not ready in {timeout_s}s; log:\n{self.tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:]
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.metrics().get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def metric_sum(self, name: str) -> float:
+        return sum(v for (n, _), v in self.metrics().items() if n == name)
+
+    def wait_metric(self, name: str, expected: float, timeout_s: float = 60, total: bool = True,
+                    **labels: str) -> float:
+        deadline = time.monotonic() + timeout_s
+        value = 0.0
+        while time.monotonic() < deadline:
+            value = self.metric_sum(name) if total and not labels else self.metric(name, **labels)
+            if value >= expected:
+                return value
+            time.sleep(0.3)
+        raise AssertionError(f"{name}{labels} = {value}, expected {expected}; log:\n{self.tail()}")
+
+
+@pytest.fixture
+def worker_env(kafka: KafkaBroker, tmp_path: Path) -> dict[str, str]:
+    """Environment for an isolated Pulse deployment (own topics and app id) on the test broker."""
+    tag = uuid.uuid4().hex[:8]
+    env = dict(os.environ)
+    env.update(
+        PULSE_KAFKA_BOOTSTRAP=kafka.bootstrap,
+        PULSE_APP_ID=f"pulse-test-{tag}",
+        PULSE_TOPIC_PREFIX=f"t{tag}.",
+        PULSE_WRITE_KEYS="test-key,burst-key",
+        PULSE_DATA_DIR=str(tmp_path / "data"),
+        PULSE_PARTITIONS="4",
+        PULSE_LOG_LEVEL="warning",
+    )
+    return env
+
+
+@pytest.fixture
+def make_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[type]:
+    started: list[Worker] = []
+
+    def factory(**overrides: str) -> Worker:
+        env = dict(worker_env, **overrides)
+        w = Worker(env=env, log_path=tmp_path / f"worker-{len(started)}.log")
+        started.append(w)
+        return w.start()
+
+    yield factory  # type: ignore[misc]
+    for w in started:
+        if w.proc is not None:
+            w.stop()
+
+
