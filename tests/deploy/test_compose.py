@@ -1,0 +1,27 @@
+"""docker-compose.kafka.yml parses and wires broker, worker, Prometheus and Grafana (no Docker here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_compose_file_is_valid() -> None:
+    doc = yaml.safe_load((ROOT / "docker-compose.kafka.yml").read_text())
+    services = doc["services"]
+    assert set(services) == {"kafka", "pulse", "prometheus", "grafana"}
+    assert services["kafka"]["image"].startswith("apache/kafka:3.9")
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert services["pulse"]["environment"]["PULSE_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert services["pulse"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    for name, svc in services.items():
+        for volume in svc.get("volumes", []):
+            host = volume.split(":", 1)[0]
+            if host.startswith("./"):
+                assert (ROOT / host).exists(), f"{name} mounts missing {host}"
+    prom = yaml.safe_load((ROOT / "grafana/prometheus.yml").read_text())
+    assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == ["pulse:6066"]
+    assert (ROOT / "Dockerfile").exists()
