@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -117,9 +117,10 @@ def create_app(settings: Settings) -> faust.App:
         async def on_stop(self) -> None:
             await rt.writer.stop()
 
-    @app.on_partitions_assigned.connect
-    async def _assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+    async def _assigned(app: Any, *args: Any, **kwargs: Any) -> None:
         rt.assigned = True
+
+    app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]
 
     async def _recovered(**kwargs: Any) -> None:
         n = rt.dedup().rebuild(rt.tables["dedup"].data.items())

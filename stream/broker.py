@@ -243,8 +243,16 @@ class KafkaBroker:
         meta = self.data_dir / "logs" / "meta.properties"
         if not meta.exists():
             fmt = subprocess.run(
-                [*base, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props),
-                 "--ignore-formatted"],
+                [
+                    *base,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    _cluster_id(),
+                    "-c",
+                    str(props),
+                    "--ignore-formatted",
+                ],
                 capture_output=True,
                 text=True,
             )

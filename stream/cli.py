@@ -1,10 +1,10 @@
 """The ``pulse`` command line.
 
-    pulse broker [--port 9092] [--data-dir DIR]
-    pulse worker
-    pulse demo
-    pulse simulate [--rate 200] [--duration 60] [--scenario steady] [--via kafka|http]
-    pulse replay FILE
+pulse broker [--port 9092] [--data-dir DIR]
+pulse worker
+pulse demo
+pulse simulate [--rate 200] [--duration 60] [--scenario steady] [--via kafka|http]
+pulse replay FILE
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
     except BrokerError as exc:
         print(f"pulse broker: {exc}", file=sys.stderr)
         return 1
-    print(f"Kafka {broker.version} ready on {broker.bootstrap} (data in {broker.data_dir})", flush=True)
+    print(
+        f"Kafka {broker.version} ready on {broker.bootstrap} (data in {broker.data_dir})",
+        flush=True,
+    )
     print("Ctrl-C stops it.", flush=True)
     try:
         _wait_for_signal()
@@ -145,7 +148,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("Metrics at /metrics; send your own events with", flush=True)
         print(f"  curl -H 'Authorization: Bearer {key}' -d @event.json {url}/v1/events", flush=True)
         print("Ctrl-C stops everything.\n", flush=True)
-        cfg = SimConfig(rate=args.rate, duration_s=args.duration, scenario=args.scenario, seed=args.seed)
+        cfg = SimConfig(
+            rate=args.rate, duration_s=args.duration, scenario=args.scenario, seed=args.seed
+        )
         asyncio.run(run_simulation(settings, cfg, via="http", url=url, write_key=key))
         print("simulation finished; the worker keeps running until Ctrl-C", flush=True)
         _wait_for_signal()
@@ -192,7 +197,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     url = args.url or f"http://127.0.0.1:{settings.web_port}"
     key = args.write_key or (settings.write_keys[0] if settings.write_keys else None)
     if args.via == "http" and not key:
-        sys.exit("pulse simulate: --via http needs a write key: pass --write-key or set PULSE_WRITE_KEYS")
+        sys.exit(
+            "pulse simulate: --via http needs a write key: pass --write-key or set PULSE_WRITE_KEYS"
+        )
     if args.via == "kafka":
         asyncio.run(_ensure_topics_with_retry(settings))
     try:

@@ -77,7 +77,9 @@ class Settings:
             try:
                 return int(v[name])
             except ValueError:
-                raise ValueError(f"{name}={v[name]!r} is not an integer; set a whole number") from None
+                raise ValueError(
+                    f"{name}={v[name]!r} is not an integer; set a whole number"
+                ) from None
 
         def duration(name: str) -> float:
             try:

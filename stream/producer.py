@@ -45,7 +45,7 @@ class EventWriter:
             max_batch_size=256 * 1024,
             request_timeout_ms=self.request_timeout_ms,
             client_id=f"{s.app_id}-writer",
-            **s.kafka_client_kwargs(),  # type: ignore[arg-type]
+            **s.kafka_client_kwargs(),
         )
         await self._producer.start()
         self.started = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -27,7 +28,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
         bootstrap_servers=settings.kafka_bootstrap,
         client_id=f"{settings.app_id}-admin",
         request_timeout_ms=15000,
-        **settings.kafka_client_kwargs(),  # type: ignore[arg-type]
+        **settings.kafka_client_kwargs(),
     )
     await admin.start()
     try:
@@ -43,10 +44,8 @@ async def ensure_topics(settings: Settings) -> list[str]:
             if settings.topic(short) not in existing
         ]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
                 await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass  # another worker won the race
             log.info("created topics %s", [t.name for t in wanted])
         return [t.name for t in wanted]
     finally:

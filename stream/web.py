@@ -72,13 +72,18 @@ def register(app: faust.App, rt: Runtime) -> None:
         except KafkaUnavailable as exc:
             log.warning("collector write failed: %s", exc)
             return _error(
-                503, "Kafka did not acknowledge the events; nothing was accepted, retry later",
+                503,
+                "Kafka did not acknowledge the events; nothing was accepted, retry later",
                 {"Retry-After": "5"},
             )
         metrics.count_invalid(result.reasons)
         return _json(
             202,
-            {"accepted": len(result.accepted), "rejected": len(result.errors), "errors": result.errors},
+            {
+                "accepted": len(result.accepted),
+                "rejected": len(result.errors),
+                "errors": result.errors,
+            },
         )
 
     async def healthz(request: web.Request) -> web.Response:

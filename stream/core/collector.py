@@ -98,7 +98,9 @@ def _key_of(item: dict[str, Any]) -> bytes | None:
 def classify_body(body: bytes, received_ms: int) -> BodyResult:
     """Split a request body into events to write and rejected items (by index)."""
     if len(body) > MAX_BODY_BYTES:
-        return BodyResult(413, f"body is {len(body)} bytes; send at most {MAX_BODY_BYTES} per request")
+        return BodyResult(
+            413, f"body is {len(body)} bytes; send at most {MAX_BODY_BYTES} per request"
+        )
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

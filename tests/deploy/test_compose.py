@@ -1,4 +1,6 @@
-"""docker-compose.kafka.yml parses and wires broker, worker, Prometheus and Grafana (no Docker here)."""
+"""docker-compose.kafka.yml parses and wires broker, worker, Prometheus and Grafana.
+
+No Docker engine runs here, so the file is checked with a YAML parser."""
 
 from __future__ import annotations
 

@@ -90,8 +90,9 @@ class Worker:
     def metric_sum(self, name: str) -> float:
         return sum(v for (n, _), v in self.metrics().items() if n == name)
 
-    def wait_metric(self, name: str, expected: float, timeout_s: float = 60, total: bool = True,
-                    **labels: str) -> float:
+    def wait_metric(
+        self, name: str, expected: float, timeout_s: float = 60, total: bool = True, **labels: str
+    ) -> float:
         deadline = time.monotonic() + timeout_s
         value = 0.0
         while time.monotonic() < deadline:
@@ -133,5 +134,3 @@ def make_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[type]:
     for w in started:
         if w.proc is not None:
             w.stop()
-
-

@@ -38,7 +38,9 @@ async def test_status_codes(worker, worker_env, kafka) -> None:
         url = "/v1/events"
         r = await client.post(url, content=orjson.dumps(ev(1)))
         assert r.status_code == 401 and "write key" in r.json()["error"]
-        r = await client.post(url, content=orjson.dumps(ev(1)), headers={"Authorization": "Bearer nope"})
+        r = await client.post(
+            url, content=orjson.dumps(ev(1)), headers={"Authorization": "Bearer nope"}
+        )
         assert r.status_code == 401
         r = await client.post(url, content=b'[{"event_id": ', headers=AUTH)
         assert r.status_code == 400 and "JSON" in r.json()["error"]

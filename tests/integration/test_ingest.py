@@ -83,7 +83,9 @@ async def test_duplicate_counts_once_across_restart(make_worker, worker_env, kaf
     assert first.stop() == 0
 
     second = make_worker()
-    await produce(kafka.bootstrap, events_topic, [(b"u-1", e1), (b"u-1", orjson.dumps(event("new-1")))])
+    await produce(
+        kafka.bootstrap, events_topic, [(b"u-1", e1), (b"u-1", orjson.dumps(event("new-1")))]
+    )
     second.wait_metric("pulse_events_total", 1)
     second.wait_metric("pulse_events_duplicate_total", 1)
     time.sleep(1.0)
