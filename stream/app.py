@@ -122,6 +122,15 @@ def create_app(settings: Settings) -> faust.App:
 
     app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]
 
+    async def _revoked(app: Any, revoked: Any = (), **kwargs: Any) -> None:
+        events = settings.topic("events")
+        if rt.ingestor is not None:
+            rt.ingestor.dedup.forget_partitions(
+                tp.partition for tp in revoked if tp.topic == events
+            )
+
+    app.on_partitions_revoked.connect(_revoked)  # type: ignore[arg-type]
+
     async def _recovered(**kwargs: Any) -> None:
         n = rt.dedup().rebuild(rt.tables["dedup"].data.items())
         log.info("dedup state restored: %d event ids", n)

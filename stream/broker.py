@@ -72,7 +72,7 @@ class BrokerError(RuntimeError):
 
 
 def cache_dir(version: str) -> Path:
-    base = Path(os.environ.get("PULSE_KAFKA_CACHE", Path.home() / ".cache" / "pulse" / "kafka"))
+    base = Path(os.environ.get("PULSE_KAFKA_CACHE") or "~/.cache/pulse/kafka").expanduser()
     return base / version
 
 

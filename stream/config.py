@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 from stream.core.durations import parse_duration
 
@@ -39,6 +39,7 @@ DEFAULTS: dict[str, str] = {
     "PULSE_BATCH_SIZE": "1000",
     "PULSE_LOG_LEVEL": "info",
     "PULSE_KAFKA_VERSION": "3.9.1",
+    "PULSE_KAFKA_CACHE": "~/.cache/pulse/kafka",
 }
 
 
@@ -66,6 +67,7 @@ class Settings:
     batch_size: int
     log_level: str
     kafka_version: str
+    kafka_cache: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -80,6 +82,12 @@ class Settings:
                 raise ValueError(
                     f"{name}={v[name]!r} is not an integer; set a whole number"
                 ) from None
+
+        def number(name: str) -> float:
+            try:
+                return float(v[name])
+            except ValueError:
+                raise ValueError(f"{name}={v[name]!r} is not a number; set e.g. 5000") from None
 
         def duration(name: str) -> float:
             try:
@@ -97,7 +105,7 @@ class Settings:
             web_host=v["PULSE_WEB_HOST"],
             web_port=integer("PULSE_WEB_PORT"),
             write_keys=tuple(k.strip() for k in v["PULSE_WRITE_KEYS"].split(",") if k.strip()),
-            rate_limit=float(v["PULSE_RATE_LIMIT"]),
+            rate_limit=number("PULSE_RATE_LIMIT"),
             window_s=duration("PULSE_WINDOW"),
             grace_s=duration("PULSE_GRACE"),
             attribution_window_s=duration("PULSE_ATTRIBUTION_WINDOW"),
@@ -110,6 +118,7 @@ class Settings:
             batch_size=integer("PULSE_BATCH_SIZE"),
             log_level=v["PULSE_LOG_LEVEL"],
             kafka_version=v["PULSE_KAFKA_VERSION"],
+            kafka_cache=v["PULSE_KAFKA_CACHE"],
         )
 
     def topic(self, name: str) -> str:
@@ -134,6 +143,3 @@ class Settings:
 
             kw["ssl_context"] = create_ssl_context()
         return kw
-
-
-FIELD_NAMES = tuple(f.name for f in fields(Settings))

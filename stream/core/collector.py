@@ -118,8 +118,14 @@ def classify_body(body: bytes, received_ms: int) -> BodyResult:
     out = BodyResult(202)
     for index, item in enumerate(items):
         checked = check_event(item, received_ms)
-        raw = orjson.dumps(item)
         key = _key_of(item) if isinstance(item, dict) else None
+        try:
+            raw = orjson.dumps(item)
+        except TypeError:  # orjson stops at 254 levels of nesting, parsing allows more
+            raw = body
+            checked = Rejection(
+                "schema", "event is nested too deeply: keep objects under 254 levels"
+            )
         if isinstance(checked, Rejection):
             out.errors.append({"index": index, "reason": checked.reason, "detail": checked.detail})
             out.dlq.append((key, dlq_record(checked.reason, checked.detail, raw, received_ms)))
