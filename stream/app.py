@@ -13,6 +13,7 @@ from typing import Any
 
 import faust
 
+from stream.batching import message_topic
 from stream.config import Settings
 from stream.core.dedup import Deduplicator
 from stream.core.ingest import Ingestor
@@ -93,19 +94,13 @@ def create_app(settings: Settings) -> faust.App:
         logging_config=None,
     )
     rt = Runtime(settings=settings, metrics=PulseMetrics(), writer=EventWriter(settings))
-    rt.topics["events"] = app.topic(
-        settings.topic("events"),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.partitions,
-    )
-    rt.topics["dlq"] = app.topic(
-        settings.topic("events.dlq"), key_serializer="raw", value_serializer="raw"
-    )
+    rt.topics["events"] = message_topic(app, settings.topic("events"), settings.partitions)
     rt.tables["dedup"] = app.Table(
-        "dedup", default=None, partitions=settings.partitions, help="event_id -> first seen"
+        "dedup",
+        default=None,
+        partitions=settings.partitions,
+        key_type=str,
+        help="event_id -> [first_seen_ms, partition, offset]",
     )
     app.pulse = rt  # type: ignore[attr-defined]
 

@@ -91,3 +91,32 @@ class EventWriter:
         except Exception as exc:  # KafkaError, TimeoutError
             raise KafkaUnavailable(f"Kafka did not acknowledge the write: {exc!r}") from exc
         return len(futures)
+
+    async def send_partitioned(
+        self, topic: str, records: dict[int, list[tuple[bytes, bytes | None]]]
+    ) -> int:
+        """Append records to one producer batch per partition and await every ack.
+
+        Much cheaper per record than :meth:`send_many` (no future per record);
+        used for changelog writes whose partition is given by the source record.
+        """
+        if self._producer is None:
+            raise KafkaUnavailable("the writer is not started")
+        producer = self._producer
+        futures = []
+        count = 0
+        for partition, recs in records.items():
+            batch = producer.create_batch()
+            for key, value in recs:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)
+                count += 1
+            if batch.record_count():
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+        try:
+            await asyncio.wait_for(asyncio.gather(*futures), self.request_timeout_ms / 1000)
+        except Exception as exc:
+            raise KafkaUnavailable(f"Kafka did not acknowledge the write: {exc!r}") from exc
+        return count
