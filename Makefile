@@ -25,7 +25,7 @@ test-unit: $(STAMP)
 	$(BIN)/pytest tests -q -m "not integration and not kafka4"
 
 test-kafka4: $(STAMP)
-	PULSE_TEST_KAFKA_VERSION=$${PULSE_TEST_KAFKA_VERSION:-4.4.0} $(BIN)/pytest tests/integration -q -m "integration and not slow"
+	PULSE_TEST_KAFKA_VERSION=$${PULSE_TEST_KAFKA_VERSION:-4.4.0} $(BIN)/pytest tests/integration -q -m integration
 
 lint: $(STAMP)
 	$(BIN)/ruff check stream agents schemas tests bench
