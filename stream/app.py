@@ -6,19 +6,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faust
+import orjson
 
 from stream.batching import message_topic
 from stream.config import Settings
+from stream.core.campaigns import CampaignSettingsStore, CampaignView
 from stream.core.dedup import Deduplicator
 from stream.core.ingest import Ingestor
+from stream.core.merge import WindowMerger
+from stream.core.windows import PartitionWindows, window_start
 from stream.metrics import PulseMetrics
 from stream.producer import EventWriter
+from stream.views import TopicFollower
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,27 @@ class Runtime:
     tables: dict[str, Any] = field(default_factory=dict)
     ingestor: Ingestor | None = None
     assigned: bool = False
+    recovered: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    windows: dict[int, PartitionWindows] = field(default_factory=dict)
+    last_activity: dict[int, float] = field(default_factory=dict)
+    merger: WindowMerger = field(default_factory=lambda: WindowMerger(1, 1))  # set in create_app
+    campaign_settings: CampaignSettingsStore = field(default_factory=CampaignSettingsStore)
+    campaigns: CampaignView = field(default_factory=CampaignView)
+
+    @property
+    def size_ms(self) -> int:
+        return int(self.settings.window_s * 1000)
+
+    def new_partition_windows(self) -> PartitionWindows:
+        s = self.settings
+        return PartitionWindows(
+            self.size_ms, int(s.grace_s * 1000), int(s.attribution_window_s * 1000)
+        )
+
+    def idle_watermark(self) -> int:
+        """Watermark of a partition idle on the wall clock: now − grace, at a window edge."""
+        return window_start(int(time.time() * 1000 - self.settings.grace_s * 1000), self.size_ms)
 
     def dedup(self) -> Deduplicator:
         """The worker's deduplicator over the changelog-backed ``dedup`` table."""
@@ -63,7 +91,7 @@ def broker_credentials(settings: Settings) -> Any:
 
 def create_app(settings: Settings) -> faust.App:
     """A configured Pulse worker app: topics, tables, agents and web views."""
-    from agents import ingest
+    from agents import ingest, metrics
     from stream import web
 
     batch = settings.batch_size
@@ -95,13 +123,18 @@ def create_app(settings: Settings) -> faust.App:
     )
     rt = Runtime(settings=settings, metrics=PulseMetrics(), writer=EventWriter(settings))
     rt.topics["events"] = message_topic(app, settings.topic("events"), settings.partitions)
-    rt.tables["dedup"] = app.Table(
-        "dedup",
-        default=None,
-        partitions=settings.partitions,
-        key_type=str,
-        help="event_id -> [first_seen_ms, partition, offset]",
-    )
+    rt.topics["partials"] = message_topic(app, settings.topic("metrics.partials"), 1)
+    tables = {
+        "dedup": (settings.partitions, "event_id -> [first_seen_ms, partition, offset]"),
+        "windows": (settings.partitions, "source partition -> open windows and watermark"),
+        "clicks": (settings.partitions, "user -> [ts, campaign, variant, channel, partition]"),
+        "merger": (1, "'merger' -> partials merged so far"),
+    }
+    for name, (partitions, help_text) in tables.items():
+        rt.tables[name] = app.Table(
+            name, default=None, partitions=partitions, key_type=str, help=help_text
+        )
+    rt.merger = WindowMerger(settings.partitions, rt.size_ms)
     app.pulse = rt  # type: ignore[attr-defined]
 
     @app.service
@@ -126,12 +159,60 @@ def create_app(settings: Settings) -> faust.App:
 
     app.on_partitions_revoked.connect(_revoked)  # type: ignore[arg-type]
 
-    async def _recovered(**kwargs: Any) -> None:
+    def owned() -> set[int]:
+        events = settings.topic("events")
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == events}
+
+    async def _dedup_recovered(**kwargs: Any) -> None:
         n = rt.dedup().rebuild(rt.tables["dedup"].data.items())
         log.info("dedup state restored: %d event ids", n)
 
-    rt.tables["dedup"].on_recover(_recovered)
+    async def _windows_recovered(**kwargs: Any) -> None:
+        mine = owned()
+        s = settings
+        rt.windows = {
+            int(p): PartitionWindows.from_state(
+                state, rt.size_ms, int(s.grace_s * 1000), int(s.attribution_window_s * 1000)
+            )
+            for p, state in rt.tables["windows"].data.items()
+            if state is not None and int(p) in mine
+        }
+        for user, c in rt.tables["clicks"].data.items():
+            if c is not None and c[4] in mine:
+                pw = rt.windows.get(c[4]) or rt.windows.setdefault(c[4], rt.new_partition_windows())
+                pw.restore_clicks([(user, c)])
+        rt.recovered = True
+        log.info("window state restored for partitions %s", sorted(rt.windows))
+
+    async def _merger_recovered(**kwargs: Any) -> None:
+        state = rt.tables["merger"].data.get("merger")
+        rt.merger = (
+            WindowMerger.from_state(state, settings.partitions, rt.size_ms)
+            if state
+            else WindowMerger(settings.partitions, rt.size_ms)
+        )
+
+    rt.tables["dedup"].on_recover(_dedup_recovered)
+    rt.tables["windows"].on_recover(_windows_recovered)
+    rt.tables["merger"].on_recover(_merger_recovered)
+
+    def _campaign_record(records: list[tuple[bytes | None, bytes | None]]) -> None:
+        for key, value in records:
+            if key is not None:
+                try:
+                    rt.campaign_settings.apply(key.decode(), orjson.loads(value) if value else None)
+                except orjson.JSONDecodeError:
+                    log.warning("ignoring campaign settings for %r: not JSON", key)
+
+    def _metrics_record(records: list[tuple[bytes | None, bytes | None]]) -> None:
+        for _, value in records:
+            if value:
+                rt.campaigns.apply(orjson.loads(value))
+
+    for name, apply in (("campaigns", _campaign_record), ("metrics", _metrics_record)):
+        app.service(TopicFollower(settings, settings.topic(name), apply))  # type: ignore[arg-type]
 
     ingest.register(app, rt)
+    metrics.register(app, rt)
     web.register(app, rt)
     return app

@@ -223,6 +223,48 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_campaign(args: argparse.Namespace) -> int:
+    import orjson
+
+    from stream.producer import EventWriter
+
+    settings = _settings()
+    value: bytes | None
+    if args.action == "delete":
+        value = None
+    else:
+        body: dict[str, Any] = {"campaign_id": args.id}
+        if args.cost_model:
+            if args.cost is None:
+                sys.exit(
+                    "pulse campaign set: --cost-model needs --cost "
+                    "(price per click, or per 1000 views)"
+                )
+            body.update(cost_model=args.cost_model, cost=args.cost)
+        if args.budget is not None:
+            body["budget"] = args.budget
+        if args.variants:
+            body["variants"] = [v.strip() for v in args.variants.split(",") if v.strip()]
+        for item in args.set or []:
+            name, sep, raw = item.partition("=")
+            if not sep:
+                sys.exit(f"pulse campaign set: --set {item!r} must look like name=value")
+            try:
+                body[name] = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                body[name] = raw
+        value = orjson.dumps(body)
+
+    async def write() -> None:
+        await _ensure_topics_with_retry(settings)
+        async with EventWriter(settings) as writer:
+            await writer.send_many([(args.id.encode(), value)], settings.topic("campaigns"))  # type: ignore[list-item]
+
+    asyncio.run(write())
+    print(f"campaign {args.id}: {'removed' if value is None else value.decode()}")
+    return 0
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     import orjson
 
@@ -259,6 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
             s.set_defaults(func=cmd_simulate)
         else:
             s.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("campaign", help="set or delete campaign settings in pulse.campaigns")
+    c.add_argument("action", choices=["set", "delete"])
+    c.add_argument("id", help="campaign_id")
+    c.add_argument("--cost-model", choices=["cpc", "cpm"], default=None)
+    c.add_argument(
+        "--cost", type=float, default=None, help="price per click (cpc) or per 1000 views (cpm)"
+    )
+    c.add_argument("--budget", type=float, default=None)
+    c.add_argument("--variants", default=None, help="comma-separated variant ids")
+    c.add_argument("--set", action="append", help="extra setting name=value (JSON values allowed)")
+    c.set_defaults(func=cmd_campaign)
 
     r = sub.add_parser("replay", help="replay a JSONL, CSV or Parquet file into pulse.events")
     r.add_argument("file")

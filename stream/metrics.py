@@ -14,7 +14,13 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client import Counter as PromCounter
 
 disable_created_metrics()  # no *_created series: they double the scrape for no dashboard use
@@ -43,6 +49,28 @@ class PulseMetrics:
             buckets=LAG_BUCKETS,
             registry=r,
         )
+        self.late = PromCounter("pulse_events_late", "Events after their window closed", registry=r)
+        labels = ["campaign_id", "variant_id", "channel"]
+        self.campaign = {
+            "view": PromCounter("pulse_campaign_views", "Views", labels, registry=r),
+            "click": PromCounter("pulse_campaign_clicks", "Clicks", labels, registry=r),
+            "purchase": PromCounter(
+                "pulse_campaign_purchases", "Attributed purchases", labels, registry=r
+            ),
+        }
+        self.revenue = PromCounter(
+            "pulse_campaign_revenue", "Attributed revenue", labels, registry=r
+        )
+        self.spend = PromCounter("pulse_campaign_spend", "Spend (cost model)", labels, registry=r)
+        gauge_labels = ["campaign_id", "variant_id"]
+        self.ctr = Gauge("pulse_campaign_ctr", "CTR, last closed window", gauge_labels, registry=r)
+        self.cvr = Gauge("pulse_campaign_cvr", "CVR, last closed window", gauge_labels, registry=r)
+        self.roas = Gauge(
+            "pulse_campaign_roas", "ROAS, last closed window", gauge_labels, registry=r
+        )
+        self.windows_emitted = PromCounter(
+            "pulse_windows_emitted", "Window records written to pulse.metrics", registry=r
+        )
         self.http_requests = PromCounter(
             "pulse_http_requests", "Collector requests by status code", ["status"], registry=r
         )
@@ -64,6 +92,43 @@ class PulseMetrics:
             observe(max(0.0, (now_ms - e["ts"]) / 1000))
         for (etype, channel), n in counts.items():
             self._child(self.events, etype, channel).inc(n)
+
+    def count_campaign_events(self, counted: Iterable[tuple[tuple[str, str, str], Any]]) -> None:
+        """Running campaign totals from ``(row key, event)``; purchases use their attribution."""
+        counts: Counter[tuple[str, str, str, str]] = Counter()
+        revenue: dict[tuple[str, str, str], float] = {}
+        for key, e in counted:
+            counts[(e["type"], *key)] += 1
+            if e["type"] == "purchase":
+                revenue[key] = revenue.get(key, 0.0) + (e.get("revenue") or 0.0)
+        for (etype, *labels), n in counts.items():
+            self._child(self.campaign[etype], *labels).inc(n)
+        for key, amount in revenue.items():
+            self._child(self.revenue, *key).inc(amount)
+
+    def observe_windows(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Spend totals and last-window rate gauges from closed window records."""
+        per_variant: dict[tuple[str, str], list[float]] = {}
+        n = 0
+        for r in records:
+            n += 1
+            vid = r["variant_id"] or ""
+            if r["spend"]:
+                self._child(self.spend, r["campaign_id"], vid, r["channel"]).inc(r["spend"])
+            acc = per_variant.setdefault((r["campaign_id"], vid), [0, 0, 0, 0.0, 0.0])
+            acc[0] += r["views"]
+            acc[1] += r["clicks"]
+            acc[2] += r["purchases"]
+            acc[3] += r["revenue"]
+            acc[4] += r["spend"] or 0.0
+        for (cid, vid), (views, clicks, purchases, revenue, spend) in per_variant.items():
+            if views:
+                self._child(self.ctr, cid, vid).set(clicks / views)
+            if clicks:
+                self._child(self.cvr, cid, vid).set(purchases / clicks)
+            if spend:
+                self._child(self.roas, cid, vid).set(revenue / spend)
+        self.windows_emitted.inc(n)
 
     def count_invalid(self, reasons: Mapping[str, int]) -> None:
         for reason, n in reasons.items():

@@ -7,7 +7,8 @@ nothing is reported as written before Kafka has it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiokafka import AIOKafkaProducer
 
@@ -15,9 +16,27 @@ from stream.config import Settings
 
 KeyValue = tuple[bytes | None, bytes]
 
+log = logging.getLogger(__name__)
+
 
 class KafkaUnavailable(RuntimeError):
     """Kafka did not acknowledge a write in time."""
+
+
+async def until_written(send: Callable[[], Awaitable[int]], what: str = "write") -> None:
+    """Retry ``send`` while Kafka cannot acknowledge (backoff up to 10 s).
+
+    Agents use it so a batch is never acknowledged before its outputs are written.
+    """
+    delay = 0.5
+    while True:
+        try:
+            await send()
+            return
+        except KafkaUnavailable as exc:
+            log.warning("%s failed, retrying in %.1fs: %s", what, delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 class EventWriter:

@@ -20,6 +20,8 @@ TOPICS: dict[str, dict[str, str]] = {
     "triggers": {},
     "campaigns": {"cleanup.policy": "compact"},
 }
+#: internal topics with a fixed partition count
+INTERNAL: dict[str, int] = {"metrics.partials": 1}
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
@@ -41,6 +43,14 @@ async def ensure_topics(settings: Settings) -> list[str]:
                 topic_configs=cfg,
             )
             for short, cfg in TOPICS.items()
+            if settings.topic(short) not in existing
+        ] + [
+            NewTopic(
+                name=settings.topic(short),
+                num_partitions=n,
+                replication_factor=settings.replication_factor,
+            )
+            for short, n in INTERNAL.items()
             if settings.topic(short) not in existing
         ]
         if wanted:

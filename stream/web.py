@@ -99,6 +99,19 @@ def register(app: faust.App, rt: Runtime) -> None:
             body=metrics.exposition(), headers={"Content-Type": "text/plain; version=0.0.4"}
         )
 
+    async def campaigns(request: web.Request) -> web.Response:
+        body = rt.campaigns.summary()
+        body.update(generated_at=int(time.time() * 1000), window_ms=rt.size_ms)
+        return _json(200, body)
+
+    async def campaign(request: web.Request) -> web.Response:
+        cid = request.match_info["campaign_id"]
+        found = rt.campaigns.campaign(cid, detail=True)
+        if found is None:
+            return _error(404, f"no closed window for campaign {cid!r} yet: check the id")
+        found["settings"] = rt.campaign_settings.get(cid)
+        return _json(200, found)
+
     async def index(request: web.Request) -> web.Response:
         return web.Response(text=_INDEX, content_type="text/html")
 
@@ -118,6 +131,8 @@ def register(app: faust.App, rt: Runtime) -> None:
         ("/healthz", "get", healthz),
         ("/readyz", "get", readyz),
         ("/metrics", "get", prometheus),
+        ("/v1/campaigns", "get", campaigns),
+        ("/v1/campaigns/{campaign_id}", "get", campaign),
         ("/", "get", index),
     ]:
         cls = type(f"View_{handler.__name__}", (faust.web.View,), {method: view(handler)})

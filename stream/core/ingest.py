@@ -29,6 +29,7 @@ RawRecord = tuple[bytes | None, bytes | None, int, int, int]  # key, value, part
 @dataclass(slots=True)
 class BatchResult:
     valid: list[dict[str, Any]] = field(default_factory=list)
+    positions: list[tuple[int, int]] = field(default_factory=list)  # (partition, offset) of valid
     dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     invalid: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
@@ -62,6 +63,7 @@ class Ingestor:
     def process(self, records: Iterable[RawRecord], now_ms: int | None = None) -> BatchResult:
         out = BatchResult()
         valid_add = out.valid.append
+        position_add = out.positions.append
         is_dup = self.dedup.is_duplicate
         for key, value, partition, offset, ts_ms in records:
             received = ts_ms if ts_ms > 0 else (now_ms or 0)
@@ -75,4 +77,5 @@ class Ingestor:
                 out.duplicates += 1
                 continue
             valid_add(event)
+            position_add((partition, offset))
         return out

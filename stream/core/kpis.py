@@ -1,0 +1,66 @@
+"""Campaign KPI formulas and the ``pulse.metrics`` record.
+
+CTR = clicks / views; CVR = attributed purchases / clicks; spend from the
+campaign's cost model (``cpc``: per click, ``cpm``: per thousand views);
+ROAS = revenue / spend. A rate with a zero denominator is ``None``.
+
+>>> cpc = {"cost_model": "cpc", "cost": 0.5}
+>>> metric_record("c", "A", "web", 0, 60_000, [1000, 30, 3, 90.0], cpc)["roas"]
+6.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def spend(views: int, clicks: int, campaign: Mapping[str, Any] | None) -> float | None:
+    """Spend under the campaign's cost model, or None without one.
+
+    >>> spend(2000, 10, {"cost_model": "cpm", "cost": 4.0}), spend(1, 1, None)
+    (8.0, None)
+    """
+    if not campaign:
+        return None
+    model, cost = campaign.get("cost_model"), campaign.get("cost")
+    if not isinstance(cost, int | float):
+        return None
+    if model == "cpc":
+        return round(clicks * cost, 6)
+    if model == "cpm":
+        return round(views / 1000 * cost, 6)
+    return None
+
+
+def metric_record(
+    campaign_id: str,
+    variant_id: str,
+    channel: str,
+    window_start: int,
+    window_end: int,
+    row: Sequence[Any],
+    campaign: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One closed-window record for campaign × variant × channel."""
+    views, clicks, purchases, revenue = row[0], row[1], row[2], round(float(row[3]), 6)
+    cost = spend(views, clicks, campaign)
+    return {
+        "campaign_id": campaign_id,
+        "variant_id": variant_id or None,
+        "channel": channel,
+        "window_start": window_start,
+        "window_end": window_end,
+        "views": views,
+        "clicks": clicks,
+        "purchases": purchases,
+        "revenue": revenue,
+        "spend": cost,
+        "ctr": ratio(clicks, views),
+        "cvr": ratio(purchases, clicks),
+        "roas": ratio(revenue, cost) if cost is not None else None,
+    }

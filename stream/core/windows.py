@@ -1,0 +1,157 @@
+"""Event-time tumbling windows per source partition, with watermark, lateness and attribution.
+
+One :class:`PartitionWindows` per Kafka partition of ``pulse.events``. Events add
+counts to their window; the partition's watermark (max event time − grace)
+closes windows, whose *partial* rows are then merged across partitions by
+:class:`stream.core.merge.WindowMerger`.
+
+>>> pw = PartitionWindows(size_ms=60_000, grace_ms=10_000, attribution_ms=3_600_000)
+>>> pw.add({"type": "view", "ts": 1_000, "campaign_id": "c", "variant_id": "A",
+...         "channel": "web", "user_id": "u"})
+('c', 'A', 'web')
+>>> pw.add({"type": "view", "ts": 75_000, "campaign_id": "c", "channel": "web", "user_id": "u"})
+('c', '', 'web')
+>>> [(ws, rows) for ws, rows in pw.close()]
+[(0, {('c', 'A', 'web'): [1, 0, 0, 0.0]})]
+>>> pw.add({"type": "click", "ts": 5_000, "campaign_id": "c", "channel": "web", "user_id": "u"})
+'late'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+RowKey = tuple[str, str, str]  # campaign_id, variant_id ("" when absent), channel
+Row = list[Any]  # [views, clicks, purchases, revenue]
+TYPE_INDEX = {"view": 0, "click": 1, "purchase": 2}
+
+
+def window_start(ts_ms: int, size_ms: int) -> int:
+    """Start of the tumbling window holding ``ts_ms``.
+
+    >>> window_start(119_999, 60_000), window_start(120_000, 60_000)
+    (60000, 120000)
+    """
+    return ts_ms - ts_ms % size_ms
+
+
+class PartitionWindows:
+    """Open windows, watermark and last clicks of one source partition."""
+
+    def __init__(self, size_ms: int, grace_ms: int, attribution_ms: int) -> None:
+        self.size_ms = size_ms
+        self.grace_ms = grace_ms
+        self.attribution_ms = attribution_ms
+        self.max_ts = -1
+        self.closed_until = 0  # every window ending at or before this is closed
+        self.open: dict[int, dict[RowKey, Row]] = {}
+        self.last_click: dict[str, tuple[int, str, str, str]] = {}
+        self.last_offset = -1  # highest source offset already applied (idempotent replays)
+        self.unattributed = 0
+        self.dirty_clicks: set[str] = set()  # users whose last click changed or expired
+
+    @property
+    def watermark(self) -> int:
+        return self.max_ts - self.grace_ms
+
+    def add(self, event: Mapping[str, Any]) -> RowKey | str:
+        """Count one valid event; return its row key, or ``late`` / ``unattributed``."""
+        ts = event["ts"]
+        ws = ts - ts % self.size_ms
+        if ws + self.size_ms <= self.closed_until:
+            return "late"
+        etype = event["type"]
+        user = event.get("user_id") or event.get("anonymous_id") or ""
+        campaign = event.get("campaign_id")
+        if campaign is not None:
+            key = (campaign, event.get("variant_id") or "", event["channel"])
+        else:  # purchase without campaign: the user's last click inside the attribution window
+            click = self.last_click.get(user)
+            if click is None or not 0 <= ts - click[0] <= self.attribution_ms:
+                self.unattributed += 1
+                if ts > self.max_ts:
+                    self.max_ts = ts
+                return "unattributed"
+            key = (click[1], click[2], click[3])
+        if etype == "click":
+            prev = self.last_click.get(user)
+            if prev is None or ts >= prev[0]:
+                self.last_click[user] = (ts, key[0], key[1], key[2])
+                self.dirty_clicks.add(user)
+        window = self.open.get(ws)
+        if window is None:
+            window = self.open[ws] = {}
+        row = window.get(key)
+        if row is None:
+            row = window[key] = [0, 0, 0, 0.0]
+        row[TYPE_INDEX[etype]] += 1
+        if etype == "purchase":
+            row[3] += float(event.get("revenue") or 0.0)
+        if ts > self.max_ts:
+            self.max_ts = ts
+        return key
+
+    def close(self, watermark: int | None = None) -> list[tuple[int, dict[RowKey, Row]]]:
+        """Close every window whose end is at or before the watermark; return them in order.
+
+        ``watermark`` overrides the partition's own (idle partitions follow the others).
+        """
+        wm = self.watermark if watermark is None else max(watermark, self.watermark)
+        if wm <= self.closed_until:
+            return []
+        self.closed_until = wm
+        closed = sorted(ws for ws in self.open if ws + self.size_ms <= wm)
+        out = [(ws, self.open.pop(ws)) for ws in closed]
+        if closed:
+            self.expire_clicks()
+        return out
+
+    def expire_clicks(self) -> int:
+        """Forget clicks older than the attribution window (bounded memory)."""
+        cutoff = self.max_ts - self.attribution_ms
+        stale = [u for u, c in self.last_click.items() if c[0] < cutoff]
+        for user in stale:
+            del self.last_click[user]
+        self.dirty_clicks.update(stale)
+        return len(stale)
+
+    def drain_clicks(self) -> list[tuple[str, list[Any] | None]]:
+        """Changed last clicks since the previous call (``None`` = forgotten)."""
+        out: list[tuple[str, list[Any] | None]] = []
+        for user in self.dirty_clicks:
+            click = self.last_click.get(user)
+            out.append((user, None if click is None else list(click)))
+        self.dirty_clicks.clear()
+        return out
+
+    def restore_clicks(self, items: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        for user, c in items:
+            self.last_click[user] = (c[0], c[1], c[2], c[3])
+
+    # --- snapshots for a changelog-backed table (last clicks live in their own table) ---
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "max_ts": self.max_ts,
+            "closed_until": self.closed_until,
+            "last_offset": self.last_offset,
+            "unattributed": self.unattributed,
+            "open": {
+                str(ws): [[*k, *v] for k, v in rows.items()] for ws, rows in self.open.items()
+            },
+        }
+
+    @classmethod
+    def from_state(
+        cls, state: Mapping[str, Any], size_ms: int, grace_ms: int, attribution_ms: int
+    ) -> PartitionWindows:
+        pw = cls(size_ms, grace_ms, attribution_ms)
+        pw.max_ts = state["max_ts"]
+        pw.closed_until = state["closed_until"]
+        pw.last_offset = state["last_offset"]
+        pw.unattributed = state.get("unattributed", 0)
+        pw.open = {
+            int(ws): {(r[0], r[1], r[2]): [r[3], r[4], r[5], r[6]] for r in rows}
+            for ws, rows in state["open"].items()
+        }
+        return pw
