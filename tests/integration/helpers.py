@@ -12,13 +12,20 @@ def topic(env: dict[str, str], short: str) -> str:
     return env["PULSE_TOPIC_PREFIX"] + short
 
 
-async def produce(bootstrap: str, name: str, records: list[tuple[bytes | None, bytes]]) -> None:
+async def produce(
+    bootstrap: str,
+    name: str,
+    records: list[tuple[bytes | None, bytes]],
+    partition: int | None = None,
+) -> None:
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", max_request_size=16 * 1024 * 1024
     )
     await producer.start()
     try:
-        futures = [await producer.send(name, key=k, value=v) for k, v in records]
+        futures = [
+            await producer.send(name, key=k, value=v, partition=partition) for k, v in records
+        ]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
