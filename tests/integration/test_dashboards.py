@@ -31,7 +31,7 @@ from stream.broker import free_port
 from stream.config import Settings
 from stream.core.simulator import SimConfig
 from stream.simulate import run_simulation
-from tests.deploy.promql import Expression, base_metric, dashboard_expressions
+from tests.deploy.promql import base_metric, dashboard_expressions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
