@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -112,8 +113,10 @@ def register(app: faust.App, rt: Runtime) -> None:
         found["settings"] = rt.campaign_settings.get(cid)
         return _json(200, found)
 
+    page = (Path(__file__).parent / "static" / "index.html").read_text()
+
     async def index(request: web.Request) -> web.Response:
-        return web.Response(text=_INDEX, content_type="text/html")
+        return web.Response(text=page, content_type="text/html")
 
     async def counted(handler: Any, request: web.Request) -> web.Response:
         response = await handler(request)
@@ -137,8 +140,3 @@ def register(app: faust.App, rt: Runtime) -> None:
     ]:
         cls = type(f"View_{handler.__name__}", (faust.web.View,), {method: view(handler)})
         app.page(path, name=f"pulse-{handler.__name__}")(cls)
-
-
-_INDEX = """<!doctype html><html><head><meta charset="utf-8"><title>Pulse</title></head>
-<body><h1>Pulse worker</h1><p>Endpoints: POST /v1/events, GET /metrics, /healthz, /readyz.</p>
-</body></html>"""
