@@ -92,7 +92,7 @@ def broker_credentials(settings: Settings) -> Any:
 def create_app(settings: Settings) -> faust.App:
     """A configured Pulse worker app: topics, tables, agents and web views."""
     from agents import ingest, metrics
-    from stream import web
+    from stream import sensors, web
 
     batch = settings.batch_size
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -214,5 +214,6 @@ def create_app(settings: Settings) -> faust.App:
 
     ingest.register(app, rt)
     metrics.register(app, rt)
+    sensors.install(app, rt.metrics)
     web.register(app, rt)
     return app

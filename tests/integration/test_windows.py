@@ -167,6 +167,9 @@ async def test_windows_exact_once_late_and_attribution(make_worker, worker_env, 
         )
         == 1
     )
+    lag = worker.metric("pulse_consumer_lag", topic=events, partition="0")
+    assert lag == 0, "partition 0 fully processed and committed"
+    assert worker.metric("pulse_commit_latency_seconds_count") > 0
     body = __import__("httpx").get(f"{worker.url}/v1/campaigns/c1", timeout=5).json()
     assert body["campaign_id"] == "c1" and body["settings"]["cost_model"] == "cpc"
     assert sum(w["views"] for w in body["recent"]) == 13
