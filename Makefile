@@ -4,7 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-kafka4 lint typecheck check bench clean
+.PHONY: demo test test-unit test-kafka4 lint typecheck check bench clean deps
+
+# Debian packages the tests need: a real Prometheus (tests/integration/test_dashboards.py)
+# and headless Chromium with its driver. Installed by `make deps` when missing.
+DEB_PACKAGES ?= prometheus chromium chromium-driver
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "Python 3.11 is required: install python3.11 or run make PY=python3"; exit 1; }
@@ -15,16 +21,31 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# apt-get update only when the package lists are empty or an install from them fails.
+deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' "$$p" 2>/dev/null | grep -qx 'install ok installed' \
+	    || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "deps: $(DEB_PACKAGES) installed"; exit 0; fi; \
+	command -v apt-get >/dev/null || { echo "deps: no apt-get; install$$missing by hand"; exit 1; }; \
+	lists=$$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' 2>/dev/null | head -n 1); \
+	echo "deps: installing$$missing"; \
+	if [ -z "$$lists" ] || ! $(APT) install -y --no-install-recommends $$missing; then \
+	  $(APT) update && $(APT) install -y --no-install-recommends $$missing; \
+	fi
+
 demo: $(STAMP)
 	$(BIN)/pulse demo
 
-test: $(STAMP)
+test: $(STAMP) deps
 	$(BIN)/pytest tests -q
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests -q -m "not integration and not kafka4"
 
-test-kafka4: $(STAMP)
+test-kafka4: $(STAMP) deps
 	PULSE_TEST_KAFKA_VERSION=$${PULSE_TEST_KAFKA_VERSION:-4.4.0} $(BIN)/pytest tests/integration -q -m integration
 
 lint: $(STAMP)
