@@ -247,8 +247,7 @@ class KafkaBroker:
                     *base,
                     "kafka.tools.StorageTool",
                     "format",
-                    "-t",
-                    _cluster_id(),
+                    f"--cluster-id={_cluster_id()}",  # ids may start with "-"
                     "-c",
                     str(props),
                     "--ignore-formatted",

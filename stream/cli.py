@@ -265,6 +265,18 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from stream.report import run_report
+
+    settings = None if args.from_dir else _settings()
+    try:
+        path = run_report(settings, args.from_dir, args.out)
+    except (FileNotFoundError, ValueError, ConnectionError, TimeoutError) as exc:
+        sys.exit(f"pulse report: {exc}")
+    print(f"report written to {path} (kpis.csv, windows.csv and the PNG charts beside it)")
+    return 0
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     import orjson
 
@@ -318,6 +330,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("file")
     r.add_argument("--rate", type=float, default=None, help="events per second (default: max)")
     r.set_defaults(func=cmd_replay)
+
+    k = sub.add_parser("report", help="KPI report (HTML, PNG charts, CSV) from pulse.metrics")
+    k.add_argument(
+        "--from",
+        dest="from_dir",
+        metavar="DIR",
+        default=None,
+        help="read a `pulse backtest --out` directory instead of Kafka",
+    )
+    k.add_argument(
+        "--out", metavar="DIR", default="report", help="output directory (default: report/)"
+    )
+    k.set_defaults(func=cmd_report)
     return p
 
 
