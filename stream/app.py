@@ -25,6 +25,7 @@ from stream.core.merge import WindowMerger
 from stream.core.windows import PartitionWindows, window_start
 from stream.metrics import PulseMetrics
 from stream.producer import EventWriter
+from stream.state import TableStore
 from stream.views import TopicFollower
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class Runtime:
         if self.ingestor is None:
             table = self.tables["dedup"]
             self.ingestor = Ingestor(
-                Deduplicator(table.data, ttl_ms=int(self.settings.dedup_ttl_s * 1000))
+                Deduplicator(TableStore(table), ttl_ms=int(self.settings.dedup_ttl_s * 1000))
             )
         return self.ingestor.dedup
 
@@ -100,7 +101,7 @@ def create_app(settings: Settings) -> faust.App:
         settings.app_id,
         broker=[f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(",")],
         broker_credentials=broker_credentials(settings),
-        store="memory://",
+        store="rocksdb://" if settings.store == "rocksdb" else "memory://",
         autodiscover=False,
         datadir=f"{settings.data_dir}/{settings.app_id}",
         web_enabled=True,

@@ -36,6 +36,7 @@ DEFAULTS: dict[str, str] = {
     "PULSE_REPLICATION_FACTOR": "1",
     "PULSE_PSEUDONYMIZE_SALT": "",
     "PULSE_DATA_DIR": ".pulse",
+    "PULSE_STORE": "memory",
     "PULSE_BATCH_SIZE": "1000",
     "PULSE_LOG_LEVEL": "info",
     "PULSE_KAFKA_VERSION": "3.9.1",
@@ -64,6 +65,7 @@ class Settings:
     replication_factor: int
     pseudonymize_salt: str
     data_dir: str
+    store: str
     batch_size: int
     log_level: str
     kafka_version: str
@@ -95,6 +97,13 @@ class Settings:
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
 
+        def store(value: str) -> str:
+            if value not in ("memory", "rocksdb"):
+                raise ValueError(
+                    f"PULSE_STORE={value!r}: use memory (default) or rocksdb (needs rocksdict)"
+                )
+            return value
+
         return cls(
             kafka_bootstrap=v["PULSE_KAFKA_BOOTSTRAP"],
             kafka_security_protocol=v["PULSE_KAFKA_SECURITY_PROTOCOL"].upper(),
@@ -115,6 +124,7 @@ class Settings:
             replication_factor=integer("PULSE_REPLICATION_FACTOR"),
             pseudonymize_salt=v["PULSE_PSEUDONYMIZE_SALT"],
             data_dir=v["PULSE_DATA_DIR"],
+            store=store(v["PULSE_STORE"]),
             batch_size=integer("PULSE_BATCH_SIZE"),
             log_level=v["PULSE_LOG_LEVEL"],
             kafka_version=v["PULSE_KAFKA_VERSION"],

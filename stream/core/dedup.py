@@ -22,9 +22,33 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 Seen = list[int]  # [first_seen_ms, partition, offset]
+
+
+class PartitionedStore(Protocol):
+    """Key-value state whose writes name their partition (see ``stream.state.TableStore``)."""
+
+    def get(self, key: str) -> Any: ...
+    def put(self, partition: int, key: str, value: Any) -> None: ...
+    def remove(self, partition: int, key: str) -> None: ...
+
+
+class DictStore:
+    """A plain dict as a :class:`PartitionedStore` (tests, backtests)."""
+
+    def __init__(self, data: MutableMapping[str, Any] | None = None) -> None:
+        self.data = {} if data is None else data
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def put(self, partition: int, key: str, value: Any) -> None:
+        self.data[key] = value
+
+    def remove(self, partition: int, key: str) -> None:
+        self.data.pop(key, None)
 
 
 class Deduplicator:
@@ -34,8 +58,10 @@ class Deduplicator:
     :meth:`drain_writes`; ``None`` is a deletion (a changelog tombstone).
     """
 
-    def __init__(self, store: MutableMapping[str, Any], ttl_ms: int) -> None:
-        self.store = store
+    def __init__(self, store: MutableMapping[str, Any] | PartitionedStore, ttl_ms: int) -> None:
+        self.store: PartitionedStore = (
+            DictStore(store) if isinstance(store, MutableMapping) else store
+        )
         self.ttl_ms = ttl_ms
         self._order: dict[int, deque[tuple[int, str]]] = {}
         self.writes: list[tuple[int, str, Seen | None]] = []
@@ -45,7 +71,7 @@ class Deduplicator:
         if prev is not None and now_ms - prev[0] < self.ttl_ms:
             return not (prev[1] == partition and prev[2] == offset)
         value = [now_ms, partition, offset]
-        self.store[event_id] = value
+        self.store.put(partition, event_id, value)
         self.writes.append((partition, event_id, value))
         order = self._order.get(partition)
         if order is None:
@@ -63,7 +89,7 @@ class Deduplicator:
                 seen_ms, event_id = order.popleft()
                 current = store.get(event_id)
                 if current is not None and current[0] == seen_ms and current[1] == partition:
-                    del store[event_id]
+                    store.remove(partition, event_id)
                     removed.append((partition, event_id))
                     self.writes.append((partition, event_id, None))
         return removed

@@ -73,16 +73,17 @@ async def test_valid_and_invalid_events(make_worker, worker_env, kafka) -> None:
         assert worker.metric("pulse_events_invalid_total", reason=reason) == len(recs)
 
 
-async def test_duplicate_counts_once_across_restart(make_worker, worker_env, kafka) -> None:
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+async def test_duplicate_counts_once_across_restart(make_worker, worker_env, kafka, store) -> None:
     events_topic = topic(worker_env, "events")
-    first = make_worker()
+    first = make_worker(PULSE_STORE=store)
     e1 = orjson.dumps(event("dup-1"))
     await produce(kafka.bootstrap, events_topic, [(b"u-1", e1), (b"u-1", e1)])
     first.wait_metric("pulse_events_duplicate_total", 1)
     assert first.metric_sum("pulse_events_total") == 1
     assert first.stop() == 0
 
-    second = make_worker()
+    second = make_worker(PULSE_STORE=store)
     await produce(
         kafka.bootstrap, events_topic, [(b"u-1", e1), (b"u-1", orjson.dumps(event("new-1")))]
     )

@@ -98,7 +98,7 @@ def test_rejected_record_goes_to_the_dlq(value: bytes | None, reason: str, detai
 def test_rejected_record_does_not_touch_dedup_state() -> None:
     ing = ingestor()
     ing.process([(None, b"{", 0, 0, TS), (None, raw(type="hover"), 0, 1, TS)])
-    assert ing.dedup.store == {}
+    assert ing.dedup.store.data == {}
     assert ing.dedup.writes == []
 
 
@@ -244,7 +244,7 @@ def test_valid_events_are_normalised(changes: dict[str, Any], expected: dict[str
 def test_dedup_clock_is_now_when_given(now_ms: int | None, expected_first_seen: int) -> None:
     ing = ingestor()
     ing.process([(b"k", raw("e1"), 2, 9, TS)], now_ms=now_ms)
-    assert ing.dedup.store == {"e1": [expected_first_seen, 2, 9]}
+    assert ing.dedup.store.data == {"e1": [expected_first_seen, 2, 9]}
     assert ing.dedup.drain_writes() == [(2, "e1", [expected_first_seen, 2, 9])]
 
 
