@@ -72,6 +72,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--grid", default="20x10000,200x100000")
+    ap.add_argument("--store", default="memory", choices=["memory", "rocksdb"])
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="pulse-mem-"))
     broker = KafkaBroker(port=free_port(), data_dir=tmp / "kafka").start()
