@@ -25,6 +25,31 @@ from prometheus_client import Counter as PromCounter
 
 disable_created_metrics()  # no *_created series: they double the scrape for no dashboard use
 
+#: The metric names of the public contract (PRODUCT.md, "Prometheus metric names").
+CONTRACT_METRICS = frozenset(
+    {
+        "pulse_events_total",
+        "pulse_events_invalid_total",
+        "pulse_events_duplicate_total",
+        "pulse_events_late_total",
+        "pulse_campaign_views_total",
+        "pulse_campaign_clicks_total",
+        "pulse_campaign_purchases_total",
+        "pulse_campaign_revenue_total",
+        "pulse_campaign_spend_total",
+        "pulse_campaign_ctr",
+        "pulse_campaign_cvr",
+        "pulse_campaign_roas",
+        "pulse_triggers_total",
+        "pulse_triggers_suppressed_total",
+        "pulse_model_rocauc",
+        "pulse_model_logloss",
+        "pulse_model_drift_total",
+        "pulse_event_lag_seconds",
+        "pulse_trigger_latency_seconds",
+    }
+)
+
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 
 

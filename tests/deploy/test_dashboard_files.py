@@ -14,52 +14,21 @@ from typing import Any
 import pytest
 import yaml
 
+from stream.metrics import CONTRACT_METRICS
 from tests.deploy import promql
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCT_MD = ROOT.parent / "shared" / "PRODUCT.md"
 DASHBOARDS = {
     "campaign-performance.json": "Pulse — Campaign performance",
     "models-triggers.json": "Pulse — Models & triggers",
     "pipeline-health.json": "Pulse — Pipeline health",
 }
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
-#: Exported by the worker beyond PRODUCT.md's table (README: collector and Faust sensors).
+#: Exported beyond the contract (stream.metrics.CONTRACT_METRICS): collector and Faust sensors.
 EXTRA_METRICS = {"pulse_http_requests_total", "pulse_consumer_lag", "pulse_commit_latency_seconds"}
 RANGE_WINDOWS = {"$__rate_interval", "1m"}
 
 FILES = [promql.DASHBOARDS / name for name in DASHBOARDS]
-
-
-def contract_metrics(text: str) -> set[str]:
-    """Metric names of PRODUCT.md's "Prometheus metric names" table.
-
-    A cell may abbreviate: "`pulse_campaign_views_total`, `_clicks_total`" means
-    ``pulse_campaign_clicks_total`` (the shorthand replaces as many trailing
-    ``_``-segments of the first name as it has).
-
-    >>> sorted(contract_metrics('## Prometheus metric names\\n| name |\\n|---|\\n'
-    ...                         '| `a_views_total`, `_clicks_total` | x |\\n## Next'))
-    ['a_clicks_total', 'a_views_total']
-    """
-    section = re.search(r"^## Prometheus metric names\s*$(.*?)(?=^## |\Z)", text, re.M | re.S)
-    assert section, "PRODUCT.md has no '## Prometheus metric names' section"
-    names: set[str] = set()
-    for line in section[1].splitlines():
-        if not line.startswith("|"):
-            continue
-        cell = line.strip("|").split("|")[0]
-        tokens = re.findall(r"`([A-Za-z_:][\w:]*)`", cell)
-        if not tokens:
-            continue
-        first = tokens[0]
-        for token in tokens:
-            if token.startswith("_"):
-                keep = first.split("_")[: -(token.count("_"))]
-                names.add("_".join(keep) + token)
-            else:
-                names.add(token)
-    return names
 
 
 def leaf_panels(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -126,8 +95,7 @@ def test_campaign_variable() -> None:
 
 
 def test_metric_names_are_in_the_contract() -> None:
-    assert PRODUCT_MD.exists(), f"{PRODUCT_MD} (the steering repo's shared/) is missing"
-    allowed = contract_metrics(PRODUCT_MD.read_text(encoding="utf-8")) | EXTRA_METRICS
+    allowed = CONTRACT_METRICS | EXTRA_METRICS
     assert "pulse_campaign_spend_total" in allowed and "pulse_event_lag_seconds" in allowed
     used: dict[str, set[str]] = {}
     for e in promql.dashboard_expressions():
@@ -140,8 +108,7 @@ def test_metric_names_are_in_the_contract() -> None:
 def test_dashboards_cover_the_brief() -> None:
     """Every contract metric a dashboard is meant to show appears in some expression."""
     used = {m for e in promql.dashboard_expressions() for m in e.base_metrics}
-    product = contract_metrics(PRODUCT_MD.read_text()) if PRODUCT_MD.exists() else set()
-    assert (product | EXTRA_METRICS) - used == set()
+    assert (CONTRACT_METRICS | EXTRA_METRICS) - used == set()
 
 
 def test_provisioning_points_at_the_dashboards() -> None:
