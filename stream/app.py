@@ -22,6 +22,7 @@ from stream.core.campaigns import CampaignSettingsStore, CampaignView
 from stream.core.dedup import Deduplicator
 from stream.core.ingest import Ingestor
 from stream.core.merge import WindowMerger
+from stream.core.triggers import TriggerEngine, load_rules
 from stream.core.windows import PartitionWindows, window_start
 from stream.metrics import PulseMetrics
 from stream.producer import EventWriter
@@ -49,6 +50,7 @@ class Runtime:
     merger: WindowMerger = field(default_factory=lambda: WindowMerger(1, 1))  # set in create_app
     campaign_settings: CampaignSettingsStore = field(default_factory=CampaignSettingsStore)
     campaigns: CampaignView = field(default_factory=CampaignView)
+    engine: TriggerEngine = field(default_factory=lambda: TriggerEngine(load_rules()))
 
     @property
     def size_ms(self) -> int:
@@ -192,6 +194,8 @@ def create_app(settings: Settings) -> faust.App:
             if state
             else WindowMerger(settings.partitions, rt.size_ms)
         )
+        if state and "engine" in state:
+            rt.engine.restore(state["engine"])
 
     rt.tables["dedup"].on_recover(_dedup_recovered)
     rt.tables["windows"].on_recover(_windows_recovered)
@@ -210,7 +214,16 @@ def create_app(settings: Settings) -> faust.App:
             if value:
                 rt.campaigns.apply(orjson.loads(value))
 
-    for name, apply in (("campaigns", _campaign_record), ("metrics", _metrics_record)):
+    def _trigger_record(records: list[tuple[bytes | None, bytes | None]]) -> None:
+        for _, value in records:
+            if value:
+                rt.campaigns.add_trigger(orjson.loads(value))
+
+    for name, apply in (
+        ("campaigns", _campaign_record),
+        ("metrics", _metrics_record),
+        ("triggers", _trigger_record),
+    ):
         app.service(TopicFollower(settings, settings.topic(name), apply))  # type: ignore[arg-type]
 
     ingest.register(app, rt)

@@ -93,6 +93,21 @@ class PulseMetrics:
         self.roas = Gauge(
             "pulse_campaign_roas", "ROAS, last closed window", gauge_labels, registry=r
         )
+        self.triggers = PromCounter(
+            "pulse_triggers", "Triggers emitted", ["action", "rule"], registry=r
+        )
+        self.suppressed = PromCounter(
+            "pulse_triggers_suppressed",
+            "Triggers held back by a rail",
+            ["rule", "reason"],
+            registry=r,
+        )
+        self.trigger_latency = Histogram(
+            "pulse_trigger_latency_seconds",
+            "Window end (its last event) to trigger sent",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
         self.windows_emitted = PromCounter(
             "pulse_windows_emitted", "Window records written to pulse.metrics", registry=r
         )
@@ -154,6 +169,15 @@ class PulseMetrics:
             if spend:
                 self._child(self.roas, cid, vid).set(revenue / spend)
         self.windows_emitted.inc(n)
+
+    def count_triggers(self, triggers: Iterable[Mapping[str, Any]], now_ms: int) -> None:
+        for t in triggers:
+            self._child(self.triggers, t["action"], t["rule"]).inc()
+            self.trigger_latency.observe(max(0.0, (now_ms - t["evidence"]["window_end"]) / 1000))
+
+    def count_suppressed(self, held: Iterable[tuple[str, str]]) -> None:
+        for rule, reason in held:
+            self._child(self.suppressed, rule, reason).inc()
 
     def count_invalid(self, reasons: Mapping[str, int]) -> None:
         for reason, n in reasons.items():
