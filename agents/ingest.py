@@ -21,7 +21,6 @@ from stream.app import Runtime
 from stream.batching import ack_all, message_batches
 from stream.core.ingest import RawRecord, dlq_record
 from stream.core.merge import encode_windows
-from stream.core.windows import PartitionWindows
 from stream.producer import until_written
 
 log = logging.getLogger(__name__)
@@ -48,29 +47,27 @@ def register(app: faust.App, rt: Runtime) -> Any:
             topic = changelogs[table]
             await until_written(lambda: rt.writer.send_partitioned(topic, by_partition))
 
-    def window_state(p: int) -> PartitionWindows:
-        pw = rt.windows.get(p)
-        if pw is None:
-            pw = rt.windows[p] = rt.new_partition_windows()
-        return pw
-
-    async def publish(touched: dict[int, PartitionWindows], force: set[int]) -> None:
-        """Close what the watermarks allow, send partials, then snapshot state."""
-        partials: list[tuple[bytes | None, bytes]] = []
+    async def publish(partitions: set[int], idle: bool = False) -> None:
+        """Close what the watermarks allow, send partials, then snapshot window state."""
+        stage = rt.stage
+        partials = stage.close(partitions, rt.idle_watermark() if idle else None)
+        await send(
+            partials_topic,
+            [
+                (
+                    str(p).encode(),
+                    orjson.dumps(
+                        {"partition": p, "closed_until": cu, "windows": encode_windows(closed)}
+                    ),
+                )
+                for p, cu, closed in partials
+            ],
+        )
+        snapshot = partitions if not idle else {p for p, _, _ in partials}
         snapshots: Changelog = {}
         clicks: Changelog = {}
-        for p, pw in touched.items():
-            before = pw.closed_until
-            closed = pw.close(rt.idle_watermark() if p in force else None)
-            if p in force and pw.closed_until == before:
-                continue  # idle and nothing new to close
-            if pw.closed_until > before:
-                body = {
-                    "partition": p,
-                    "closed_until": pw.closed_until,
-                    "windows": encode_windows(closed),
-                }
-                partials.append((str(p).encode(), orjson.dumps(body)))
+        for p in snapshot:
+            pw = stage.window_state(p)
             snapshots[p] = [(orjson.dumps(str(p)), orjson.dumps(pw.to_state()))]
             changed = pw.drain_clicks()
             if changed:
@@ -78,7 +75,6 @@ def register(app: faust.App, rt: Runtime) -> Any:
                     (orjson.dumps(u), None if c is None else orjson.dumps([*c, p]))
                     for u, c in changed
                 ]
-        await send(partials_topic, partials)
         await write_changelog("windows", snapshots)
         await write_changelog("clicks", clicks)
 
@@ -87,48 +83,29 @@ def register(app: faust.App, rt: Runtime) -> Any:
         records: list[RawRecord] = [
             (m.key, m.value, m.partition, m.offset, int(m.timestamp * 1000)) for m in messages
         ]
-        dedup = rt.dedup()
-        result = rt.ingestor.process(records, now_ms)  # type: ignore[union-attr]
+        stage = rt.stage
+        out = stage.process(records, now_ms)
+        dedup = stage.ingestor.dedup
         dedup.expire(now_ms)
-        touched: dict[int, PartitionWindows] = {}
-        late: list[tuple[bytes | None, bytes]] = []
-        counted = []
-        for event, (p, offset) in zip(result.valid, result.positions, strict=True):
-            pw = touched.get(p) or touched.setdefault(p, window_state(p))
-            if offset <= pw.last_offset:
-                continue  # already applied before a crash: replay is idempotent
-            pw.last_offset = offset
-            status = pw.add(event)
-            if status == "late":
-                late.append(_late_record(event, pw))
-            elif isinstance(status, tuple):
-                counted.append((status, event))
-        for p in touched:
-            rt.last_activity[p] = time.monotonic()
-        await send(dlq_topic, result.dlq + late)
+        now = time.monotonic()
+        for p in out.touched:
+            rt.last_activity[p] = now
+        await send(dlq_topic, out.result.dlq + out.late)
         writes: Changelog = {}
         for p, event_id, value in dedup.drain_writes():
             writes.setdefault(p, []).append(
                 (orjson.dumps(event_id), None if value is None else orjson.dumps(value))
             )
         await write_changelog("dedup", writes)
-        await publish(touched, set())
-        metrics.count_invalid(result.invalid)
-        if late:
-            metrics.count_invalid({"late": len(late)})
-            metrics.late.inc(len(late))
-        if result.duplicates:
-            metrics.duplicates.inc(result.duplicates)
-        metrics.count_events(result.valid, now_ms)
-        metrics.count_campaign_events(counted)
-
-    def _late_record(event: dict[str, Any], pw: PartitionWindows) -> tuple[bytes | None, bytes]:
-        key = (event.get("user_id") or event.get("anonymous_id") or "").encode() or None
-        detail = (
-            f"event time {event['ts']} falls in a window already closed at watermark "
-            f"{pw.closed_until}: send events within PULSE_GRACE of the newest ones"
-        )
-        return key, dlq_record("late", detail, orjson.dumps(event), event["received_at"])
+        await publish(set(out.touched))
+        metrics.count_invalid(out.result.invalid)
+        if out.late:
+            metrics.count_invalid({"late": len(out.late)})
+            metrics.late.inc(len(out.late))
+        if out.result.duplicates:
+            metrics.duplicates.inc(out.result.duplicates)
+        metrics.count_events(out.result.valid, now_ms)
+        metrics.count_campaign_events(out.counted)
 
     @app.task
     async def ingest() -> None:
@@ -167,6 +144,6 @@ def register(app: faust.App, rt: Runtime) -> Any:
         idle = {p for p in owned if (now - rt.last_activity.setdefault(p, now)) * 1000 >= idle_ms}
         if idle:
             async with rt.lock:
-                await publish({p: window_state(p) for p in idle}, idle)
+                await publish(idle, idle=True)
 
     return ingest

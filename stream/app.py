@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from stream.core.campaigns import CampaignSettingsStore, CampaignView
 from stream.core.dedup import Deduplicator
 from stream.core.ingest import Ingestor
 from stream.core.merge import WindowMerger
+from stream.core.pipeline import MergeStage, PartitionStage
 from stream.core.triggers import TriggerEngine, load_rules
 from stream.core.windows import PartitionWindows, window_start
 from stream.metrics import PulseMetrics
@@ -41,16 +43,30 @@ class Runtime:
     writer: EventWriter
     topics: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, Any] = field(default_factory=dict)
-    ingestor: Ingestor | None = None
     assigned: bool = False
     recovered: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    windows: dict[int, PartitionWindows] = field(default_factory=dict)
     last_activity: dict[int, float] = field(default_factory=dict)
-    merger: WindowMerger = field(default_factory=lambda: WindowMerger(1, 1))  # set in create_app
     campaign_settings: CampaignSettingsStore = field(default_factory=CampaignSettingsStore)
     campaigns: CampaignView = field(default_factory=CampaignView)
-    engine: TriggerEngine = field(default_factory=lambda: TriggerEngine(load_rules()))
+    _stage: PartitionStage | None = None
+    merge: MergeStage = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.merge = self.new_merge_stage()
+
+    def new_merge_stage(self, state: Mapping[str, Any] | None = None) -> MergeStage:
+        """The merger and trigger engine, restored from a merger snapshot when given."""
+        partitions, size = self.settings.partitions, self.size_ms
+        merger = (
+            WindowMerger.from_state(state, partitions, size)
+            if state
+            else WindowMerger(partitions, size)
+        )
+        engine = TriggerEngine(load_rules())
+        if state and "engine" in state:
+            engine.restore(state["engine"])
+        return MergeStage(merger, engine, self.campaign_settings.get)
 
     @property
     def size_ms(self) -> int:
@@ -66,14 +82,15 @@ class Runtime:
         """Watermark of a partition idle on the wall clock: now − grace, at a window edge."""
         return window_start(int(time.time() * 1000 - self.settings.grace_s * 1000), self.size_ms)
 
-    def dedup(self) -> Deduplicator:
-        """The worker's deduplicator over the changelog-backed ``dedup`` table."""
-        if self.ingestor is None:
-            table = self.tables["dedup"]
-            self.ingestor = Ingestor(
-                Deduplicator(TableStore(table), ttl_ms=int(self.settings.dedup_ttl_s * 1000))
+    @property
+    def stage(self) -> PartitionStage:
+        """Ingest and windows over the changelog-backed ``dedup`` table (made on first use)."""
+        if self._stage is None:
+            dedup = Deduplicator(
+                TableStore(self.tables["dedup"]), ttl_ms=int(self.settings.dedup_ttl_s * 1000)
             )
-        return self.ingestor.dedup
+            self._stage = PartitionStage(Ingestor(dedup), self.new_partition_windows)
+        return self._stage
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -137,7 +154,6 @@ def create_app(settings: Settings) -> faust.App:
         rt.tables[name] = app.Table(
             name, default=None, partitions=partitions, key_type=str, help=help_text
         )
-    rt.merger = WindowMerger(settings.partitions, rt.size_ms)
     app.pulse = rt  # type: ignore[attr-defined]
 
     @app.service
@@ -155,8 +171,8 @@ def create_app(settings: Settings) -> faust.App:
 
     async def _revoked(app: Any, revoked: Any = (), **kwargs: Any) -> None:
         events = settings.topic("events")
-        if rt.ingestor is not None:
-            rt.ingestor.dedup.forget_partitions(
+        if rt._stage is not None:
+            rt._stage.ingestor.dedup.forget_partitions(
                 tp.partition for tp in revoked if tp.topic == events
             )
 
@@ -167,13 +183,13 @@ def create_app(settings: Settings) -> faust.App:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == events}
 
     async def _dedup_recovered(**kwargs: Any) -> None:
-        n = rt.dedup().rebuild(rt.tables["dedup"].data.items())
+        n = rt.stage.ingestor.dedup.rebuild(rt.tables["dedup"].data.items())
         log.info("dedup state restored: %d event ids", n)
 
     async def _windows_recovered(**kwargs: Any) -> None:
         mine = owned()
         s = settings
-        rt.windows = {
+        rt.stage.windows = {
             int(p): PartitionWindows.from_state(
                 state, rt.size_ms, int(s.grace_s * 1000), int(s.attribution_window_s * 1000)
             )
@@ -182,20 +198,12 @@ def create_app(settings: Settings) -> faust.App:
         }
         for user, c in rt.tables["clicks"].data.items():
             if c is not None and c[4] in mine:
-                pw = rt.windows.get(c[4]) or rt.windows.setdefault(c[4], rt.new_partition_windows())
-                pw.restore_clicks([(user, c)])
+                rt.stage.window_state(c[4]).restore_clicks([(user, c)])
         rt.recovered = True
-        log.info("window state restored for partitions %s", sorted(rt.windows))
+        log.info("window state restored for partitions %s", sorted(rt.stage.windows))
 
     async def _merger_recovered(**kwargs: Any) -> None:
-        state = rt.tables["merger"].data.get("merger")
-        rt.merger = (
-            WindowMerger.from_state(state, settings.partitions, rt.size_ms)
-            if state
-            else WindowMerger(settings.partitions, rt.size_ms)
-        )
-        if state and "engine" in state:
-            rt.engine.restore(state["engine"])
+        rt.merge = rt.new_merge_stage(rt.tables["merger"].data.get("merger"))
 
     rt.tables["dedup"].on_recover(_dedup_recovered)
     rt.tables["windows"].on_recover(_windows_recovered)

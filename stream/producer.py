@@ -111,6 +111,21 @@ class EventWriter:
             raise KafkaUnavailable(f"Kafka did not acknowledge the write: {exc!r}") from exc
         return len(futures)
 
+    async def send_timestamped(
+        self, items: Iterable[tuple[bytes | None, bytes, int | None]], topic: str | None = None
+    ) -> int:
+        """Like :meth:`send_many` with a record timestamp (epoch ms) per item."""
+        if self._producer is None:
+            raise KafkaUnavailable("the writer is not started")
+        send = self._producer.send
+        name = topic or self.default_topic
+        futures = [await send(name, value=v, key=k, timestamp_ms=ts) for k, v, ts in items]
+        try:
+            await asyncio.wait_for(asyncio.gather(*futures), self.request_timeout_ms / 1000)
+        except Exception as exc:
+            raise KafkaUnavailable(f"Kafka did not acknowledge the write: {exc!r}") from exc
+        return len(futures)
+
     async def send_partitioned(
         self, topic: str, records: dict[int, list[tuple[bytes, bytes | None]]]
     ) -> int:

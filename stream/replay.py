@@ -32,6 +32,7 @@ from typing import IO, Any
 import orjson
 
 from stream.config import Settings
+from stream.core.validation import receive_time_ms
 from stream.producer import EventWriter
 
 KeyValue = tuple[bytes | None, bytes]
@@ -425,7 +426,11 @@ async def replay_file(
                     ahead = started + sent / rate - loop.time()
                     if ahead > 0:
                         await asyncio.sleep(ahead)
-                await writer.send_many(chunk, topic=topic)
+                # the record timestamp is the event's original receive time, so skew
+                # correction and windows use the event's own time, not the replay's
+                await writer.send_timestamped(
+                    [(k, v, receive_time_ms(v)) for k, v in chunk], topic=topic
+                )
                 sent += len(chunk)
                 without_key += sum(1 for key, _ in chunk if key is None)
                 speed = sent / max(loop.time() - started, 1e-9)
