@@ -265,6 +265,23 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backtest(args: argparse.Namespace) -> int:
+    import orjson
+
+    from stream.backtest import run_backtest
+
+    campaigns = None
+    if args.campaigns:
+        lines = Path(args.campaigns).read_bytes().splitlines()
+        campaigns = {c["campaign_id"]: c for c in map(orjson.loads, filter(None, lines))}
+    try:
+        summary = run_backtest(_settings(), args.file, args.out, campaigns)
+    except (FileNotFoundError, ValueError) as exc:
+        sys.exit(f"pulse backtest: {exc}")
+    _print_summary(summary)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from stream.report import run_report
 
@@ -330,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("file")
     r.add_argument("--rate", type=float, default=None, help="events per second (default: max)")
     r.set_defaults(func=cmd_replay)
+
+    bt = sub.add_parser("backtest", help="run the windows and trigger rules offline over a file")
+    bt.add_argument("file", help=".jsonl/.ndjson, .csv or .parquet")
+    bt.add_argument("--out", required=True, help="output directory")
+    bt.add_argument("--campaigns", default=None, help="JSONL of campaign settings (cost models)")
+    bt.set_defaults(func=cmd_backtest)
 
     k = sub.add_parser("report", help="KPI report (HTML, PNG charts, CSV) from pulse.metrics")
     k.add_argument(

@@ -7,6 +7,8 @@ import random
 import orjson
 import pytest
 
+from stream.backtest import run_backtest
+from stream.config import Settings
 from stream.core.triggers import trigger_id
 from tests.integration.helpers import consume_all, produce, topic
 
@@ -44,7 +46,9 @@ def stream_events() -> list[tuple[bytes, bytes]]:
     return [(e["user_id"].encode(), orjson.dumps(e)) for e, _ in out]
 
 
-async def test_ctr_collapse_fires_once_and_steady_is_quiet(make_worker, worker_env, kafka):
+async def test_ctr_collapse_fires_once_and_steady_is_quiet(
+    make_worker, worker_env, kafka, tmp_path
+):
     env = {"PULSE_WINDOW": "10s", "PULSE_GRACE": "2s"}
     worker = make_worker(**env)
     events = stream_events()
@@ -71,3 +75,19 @@ async def test_ctr_collapse_fires_once_and_steady_is_quiet(make_worker, worker_e
     )
     body = __import__("httpx").get(f"{worker.url}/v1/campaigns/c-drop", timeout=5).json()
     assert [x["trigger_id"] for x in body["triggers"]] == [t["trigger_id"]]
+
+    # the same events offline: same windows, same campaign triggers (same ids)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(v for _, v in events))
+    summary = run_backtest(
+        Settings.from_env(dict(worker_env, **env)), path, tmp_path / "bt", progress=False
+    )
+    offline = [orjson.loads(x) for x in (tmp_path / "bt/triggers.jsonl").read_bytes().splitlines()]
+    assert [(o["trigger_id"], o["action"]) for o in offline] == [(t["trigger_id"], t["action"])]
+    live_windows = await consume_all(kafka.bootstrap, topic(worker_env, "metrics"))
+    offline_windows = (tmp_path / "bt/metrics.jsonl").read_bytes().splitlines()
+    assert summary["windows"] == len(offline_windows) == len(live_windows)
+    key = lambda r: (r["campaign_id"], r["channel"], r["window_start"])  # noqa: E731
+    assert sorted(map(key, map(orjson.loads, offline_windows))) == sorted(
+        key(orjson.loads(v)) for _, v in live_windows
+    )
