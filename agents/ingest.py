@@ -10,7 +10,9 @@ replay idempotent, and the merger ignores partials it has already merged.
 
 from __future__ import annotations
 
+import base64
 import logging
+import pickle
 import time
 from typing import Any
 
@@ -33,6 +35,7 @@ def register(app: faust.App, rt: Runtime) -> Any:
     events_topic = rt.topics["events"]
     dlq_topic = s.topic("events.dlq")
     partials_topic = s.topic("metrics.partials")
+    triggers_topic = s.topic("triggers")
     changelogs = {name: rt.tables[name].changelog_topic.get_topic_name() for name in rt.tables}
     metrics = rt.metrics
     idle_ms = int((s.window_s + s.grace_s) * 1000)
@@ -77,6 +80,16 @@ def register(app: faust.App, rt: Runtime) -> Any:
                 ]
         await write_changelog("windows", snapshots)
         await write_changelog("clicks", clicks)
+        now = time.monotonic()
+        if now - rt.last_checkpoint >= s.checkpoint_s:  # models: a bounded checkpoint interval
+            rt.last_checkpoint = now
+            models: Changelog = {
+                p: [
+                    (orjson.dumps(str(p)), orjson.dumps(base64.b64encode(pickle.dumps(m)).decode()))
+                ]
+                for p, m in stage.models.items()
+            }
+            await write_changelog("models", models)
 
     async def handle(messages: list[Any]) -> None:
         now_ms = int(time.time() * 1000)
@@ -91,6 +104,9 @@ def register(app: faust.App, rt: Runtime) -> Any:
         for p in out.touched:
             rt.last_activity[p] = now
         await send(dlq_topic, out.result.dlq + out.late)
+        if out.offers:
+            offers = [(t["target"]["user_id"].encode(), orjson.dumps(t)) for t in out.offers]
+            await send(triggers_topic, offers)
         writes: Changelog = {}
         for p, event_id, value in dedup.drain_writes():
             writes.setdefault(p, []).append(
@@ -106,6 +122,11 @@ def register(app: faust.App, rt: Runtime) -> Any:
             metrics.duplicates.inc(out.result.duplicates)
         metrics.count_events(out.result.valid, now_ms)
         metrics.count_campaign_events(out.counted)
+        metrics.count_triggers(out.offers, now_ms)
+        metrics.count_suppressed(out.held)
+        auc, loss, labels = stage.model_quality()
+        if labels:
+            metrics.observe_model("propensity", auc, loss)
 
     @app.task
     async def ingest() -> None:

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import pickle
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from stream.core.dedup import Deduplicator
 from stream.core.ingest import Ingestor
 from stream.core.merge import WindowMerger
 from stream.core.pipeline import MergeStage, PartitionStage
+from stream.core.propensity import model_factory
 from stream.core.triggers import TriggerEngine, load_rules
 from stream.core.windows import PartitionWindows, window_start
 from stream.metrics import PulseMetrics
@@ -47,6 +50,7 @@ class Runtime:
     recovered: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_activity: dict[int, float] = field(default_factory=dict)
+    last_checkpoint: float = 0.0
     campaign_settings: CampaignSettingsStore = field(default_factory=CampaignSettingsStore)
     campaigns: CampaignView = field(default_factory=CampaignView)
     _stage: PartitionStage | None = None
@@ -63,7 +67,7 @@ class Runtime:
             if state
             else WindowMerger(partitions, size)
         )
-        engine = TriggerEngine(load_rules())
+        engine = TriggerEngine(load_rules(self.settings.rules_file or None))
         if state and "engine" in state:
             engine.restore(state["engine"])
         return MergeStage(merger, engine, self.campaign_settings.get)
@@ -89,7 +93,13 @@ class Runtime:
             dedup = Deduplicator(
                 TableStore(self.tables["dedup"]), ttl_ms=int(self.settings.dedup_ttl_s * 1000)
             )
-            self._stage = PartitionStage(Ingestor(dedup), self.new_partition_windows)
+            s = self.settings
+            models = model_factory(
+                load_rules(self.settings.rules_file or None)["user_offer"],
+                int(s.attribution_window_s * 1000),
+                self.size_ms,
+            )
+            self._stage = PartitionStage(Ingestor(dedup), self.new_partition_windows, models)
         return self._stage
 
 
@@ -149,6 +159,7 @@ def create_app(settings: Settings) -> faust.App:
         "windows": (settings.partitions, "source partition -> open windows and watermark"),
         "clicks": (settings.partitions, "user -> [ts, campaign, variant, channel, partition]"),
         "merger": (1, "'merger' -> partials merged so far"),
+        "models": (settings.partitions, "source partition -> pickled propensity model (base64)"),
     }
     for name, (partitions, help_text) in tables.items():
         rt.tables[name] = app.Table(
@@ -199,6 +210,9 @@ def create_app(settings: Settings) -> faust.App:
         for user, c in rt.tables["clicks"].data.items():
             if c is not None and c[4] in mine:
                 rt.stage.window_state(c[4]).restore_clicks([(user, c)])
+        for p, blob in rt.tables["models"].data.items():
+            if blob is not None and int(p) in mine:
+                rt.stage.models[int(p)] = pickle.loads(base64.b64decode(blob))
         rt.recovered = True
         log.info("window state restored for partitions %s", sorted(rt.stage.windows))
 

@@ -24,6 +24,7 @@ from stream.core.dedup import Deduplicator
 from stream.core.ingest import Ingestor, RawRecord
 from stream.core.merge import WindowMerger
 from stream.core.pipeline import MergeStage, PartitionStage
+from stream.core.propensity import model_factory
 from stream.core.triggers import TriggerEngine, load_rules
 from stream.core.validation import receive_time_ms
 from stream.core.windows import PartitionWindows
@@ -51,14 +52,15 @@ def run_backtest(
     out.mkdir(parents=True, exist_ok=True)
     size_ms = int(settings.window_s * 1000)
     n_parts = settings.partitions
+    rules = load_rules(settings.rules_file or None)
+    attribution_ms = int(settings.attribution_window_s * 1000)
     stage = PartitionStage(
         Ingestor(Deduplicator({}, ttl_ms=int(settings.dedup_ttl_s * 1000))),
-        lambda: PartitionWindows(
-            size_ms, int(settings.grace_s * 1000), int(settings.attribution_window_s * 1000)
-        ),
+        lambda: PartitionWindows(size_ms, int(settings.grace_s * 1000), attribution_ms),
+        model_factory(rules["user_offer"], attribution_ms, size_ms),
     )
     settings_of = (campaigns or {}).get
-    merge = MergeStage(WindowMerger(n_parts, size_ms), TriggerEngine(load_rules()), settings_of)
+    merge = MergeStage(WindowMerger(n_parts, size_ms), TriggerEngine(rules), settings_of)
     offsets = [count() for _ in range(n_parts)]
     totals: dict[str, float] = {
         "records": 0,
@@ -68,6 +70,7 @@ def run_backtest(
         "invalid": 0,
         "windows": 0,
         "triggers": 0,
+        "offers": 0,
     }
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -104,6 +107,9 @@ def run_backtest(
                 result = stage.process(raws, None)
                 for _, rec in result.result.dlq + result.late:
                     files["dlq"].write(rec + b"\n")
+                for offer in result.offers:
+                    files["triggers"].write(orjson.dumps(offer) + b"\n")
+                totals["offers"] += len(result.offers)
                 totals["records"] += len(chunk)
                 totals["valid"] += len(result.counted)
                 totals["duplicates"] += result.result.duplicates
@@ -115,6 +121,8 @@ def run_backtest(
     finally:
         for f in files.values():
             f.close()
+    auc, loss, labels = stage.model_quality()
+    totals.update(model_rocauc=round(auc, 4), model_logloss=round(loss, 4), model_labels=labels)
     totals["elapsed_s"] = round(time.monotonic() - started, 3)
     totals["rate"] = round(totals["records"] / max(totals["elapsed_s"], 1e-9))
     summary = {"file": str(path), "out": str(out), **totals}

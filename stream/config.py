@@ -37,6 +37,8 @@ DEFAULTS: dict[str, str] = {
     "PULSE_PSEUDONYMIZE_SALT": "",
     "PULSE_DATA_DIR": ".pulse",
     "PULSE_STORE": "memory",
+    "PULSE_RULES": "",
+    "PULSE_CHECKPOINT_INTERVAL": "30s",
     "PULSE_BATCH_SIZE": "1000",
     "PULSE_LOG_LEVEL": "info",
     "PULSE_KAFKA_VERSION": "3.9.1",
@@ -66,6 +68,8 @@ class Settings:
     pseudonymize_salt: str
     data_dir: str
     store: str
+    rules_file: str
+    checkpoint_s: float
     batch_size: int
     log_level: str
     kafka_version: str
@@ -125,6 +129,8 @@ class Settings:
             pseudonymize_salt=v["PULSE_PSEUDONYMIZE_SALT"],
             data_dir=v["PULSE_DATA_DIR"],
             store=store(v["PULSE_STORE"]),
+            rules_file=v["PULSE_RULES"],
+            checkpoint_s=duration("PULSE_CHECKPOINT_INTERVAL"),
             batch_size=integer("PULSE_BATCH_SIZE"),
             log_level=v["PULSE_LOG_LEVEL"],
             kafka_version=v["PULSE_KAFKA_VERSION"],

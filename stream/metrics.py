@@ -108,6 +108,15 @@ class PulseMetrics:
             buckets=LAG_BUCKETS,
             registry=r,
         )
+        self.model_rocauc = Gauge(
+            "pulse_model_rocauc", "Progressive-validation ROC AUC", ["model"], registry=r
+        )
+        self.model_logloss = Gauge(
+            "pulse_model_logloss", "Progressive-validation log loss", ["model"], registry=r
+        )
+        self.model_drift = PromCounter(
+            "pulse_model_drift", "Drift detections", ["model"], registry=r
+        )
         self.windows_emitted = PromCounter(
             "pulse_windows_emitted", "Window records written to pulse.metrics", registry=r
         )
@@ -174,6 +183,10 @@ class PulseMetrics:
         for t in triggers:
             self._child(self.triggers, t["action"], t["rule"]).inc()
             self.trigger_latency.observe(max(0.0, (now_ms - t["evidence"]["window_end"]) / 1000))
+
+    def observe_model(self, model: str, rocauc: float, logloss: float) -> None:
+        self._child(self.model_rocauc, model).set(rocauc)
+        self._child(self.model_logloss, model).set(logloss)
 
     def count_suppressed(self, held: Iterable[tuple[str, str]]) -> None:
         for rule, reason in held:

@@ -115,6 +115,39 @@ def register(app: faust.App, rt: Runtime) -> None:
 
     page = (Path(__file__).parent / "static" / "index.html").read_text()
 
+    async def models(request: web.Request) -> web.Response:
+        stage = rt.stage
+        return _json(
+            200,
+            {
+                "propensity": {
+                    str(p): {
+                        "labels": m.labels,
+                        "rocauc": float(m.rocauc.get()),
+                        "logloss": float(m.logloss.get()),
+                        "users": len(m.users),
+                        "pending_labels": len(m.pending),
+                    }
+                    for p, m in sorted(stage.models.items())
+                }
+            },
+        )
+
+    async def score(request: web.Request) -> web.Response:
+        try:
+            x = orjson.loads(await request.content.read(64 * 1024))
+            if not isinstance(x, dict):
+                raise ValueError
+        except ValueError:
+            return _error(400, "send a JSON object of feature name -> number")
+        return _json(
+            200,
+            {
+                str(p): float(m.model.predict_proba_one(x).get(True, 0.0))
+                for p, m in sorted(rt.stage.models.items())
+            },
+        )
+
     async def index(request: web.Request) -> web.Response:
         return web.Response(text=page, content_type="text/html")
 
@@ -135,6 +168,8 @@ def register(app: faust.App, rt: Runtime) -> None:
         ("/readyz", "get", readyz),
         ("/metrics", "get", prometheus),
         ("/v1/campaigns", "get", campaigns),
+        ("/v1/models", "get", models),
+        ("/v1/models/propensity/score", "post", score),
         ("/v1/campaigns/{campaign_id}", "get", campaign),
         ("/", "get", index),
     ]:

@@ -20,6 +20,7 @@ import orjson
 from stream.core.ingest import BatchResult, Ingestor, RawRecord, dlq_record
 from stream.core.kpis import metric_record
 from stream.core.merge import WindowMerger
+from stream.core.propensity import PropensityModel
 from stream.core.triggers import TriggerEngine
 from stream.core.windows import PartitionWindows, Row, RowKey
 
@@ -32,13 +33,30 @@ class StageOutput:
     late: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     counted: list[tuple[RowKey, dict[str, Any]]] = field(default_factory=list)
     touched: dict[int, PartitionWindows] = field(default_factory=dict)
+    offers: list[dict[str, Any]] = field(default_factory=list)
+    held: list[tuple[str, str]] = field(default_factory=list)
 
 
 class PartitionStage:
-    def __init__(self, ingestor: Ingestor, new_windows: Callable[[], PartitionWindows]) -> None:
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        new_windows: Callable[[], PartitionWindows],
+        new_model: Callable[[], PropensityModel] | None = None,
+    ) -> None:
         self.ingestor = ingestor
         self.new_windows = new_windows
+        self.new_model = new_model
         self.windows: dict[int, PartitionWindows] = {}
+        self.models: dict[int, PropensityModel] = {}
+
+    def model_state(self, partition: int) -> PropensityModel | None:
+        if self.new_model is None:
+            return None
+        model = self.models.get(partition)
+        if model is None:
+            model = self.models[partition] = self.new_model()
+        return model
 
     def window_state(self, partition: int) -> PartitionWindows:
         pw = self.windows.get(partition)
@@ -59,9 +77,24 @@ class PartitionStage:
             status = pw.add(event)
             if status == "late":
                 out.late.append(late_record(event, pw.closed_until))
-            elif isinstance(status, tuple):
+                continue
+            if isinstance(status, tuple):
                 out.counted.append((status, event))
+            model = self.model_state(p)
+            if model is not None:
+                scored = model.on_event(event)
+                out.offers.extend(scored.offers)
+                out.held.extend(scored.held)
         return out
+
+    def model_quality(self) -> tuple[float, float, int]:
+        """Label-weighted ROC AUC and log loss over this stage's partitions, and labels."""
+        total = sum(m.labels for m in self.models.values())
+        if not total:
+            return 0.0, 0.0, 0
+        auc = sum(float(m.rocauc.get()) * m.labels for m in self.models.values()) / total
+        loss = sum(float(m.logloss.get()) * m.labels for m in self.models.values()) / total
+        return auc, loss, total
 
     def close(self, partitions: Iterable[int], idle_watermark: int | None = None) -> list[Partial]:
         """Close what watermarks allow; ``idle_watermark`` advances idle partitions."""

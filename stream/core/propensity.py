@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,21 @@ from river import compose, linear_model, metrics, optim, preprocessing
 from stream.core.triggers import trigger_id
 
 DAY_MS = 86_400_000
+
+
+def model_factory(
+    config: dict[str, Any], attribution_ms: int, window_ms: int
+) -> Callable[[], PropensityModel] | None:
+    """A factory for the ``user_offer`` section of the rules file (None when disabled)."""
+    if not config.get("enabled", True):
+        return None
+    return lambda: PropensityModel(
+        attribution_ms,
+        min_labels=int(config.get("min_labels", 200)),
+        min_score=float(config.get("min_score", 0.5)),
+        offer_cap_ms=int(float(config.get("cap_hours", 24)) * 3_600_000),
+        window_ms=window_ms,
+    )
 
 
 def new_model() -> compose.Pipeline:
@@ -106,7 +122,7 @@ class PropensityModel:
             self.max_ts = ts
         if etype == "click":
             x = self.features(user, event)
-            p = self.model.predict_proba_one(x).get(True, 0.0)
+            p = float(self.model.predict_proba_one(x).get(True, 0.0))
             out.score = p
             self.pending.append((ts, user, x, p))
             self.pending_users[user] = self.pending_users.get(user, 0) + 1
@@ -186,7 +202,7 @@ class PropensityModel:
         cid = event.get("campaign_id") or offer or ""
         target = {"user_id": user, "campaign_id": cid}
         ws = ts - ts % self.window_ms
-        auc = self.rocauc.get()
+        auc = float(self.rocauc.get())
         out.offers.append(
             {
                 "trigger_id": trigger_id("user_offer", target, ws),

@@ -37,7 +37,11 @@ def load_rules(path: str | Path | None = None) -> dict[str, Any]:
     doc = yaml.safe_load(Path(path or RULES_FILE).read_text())
     defaults = doc.get("defaults", {})
     rules = {name: {**defaults, **(spec or {})} for name, spec in doc["rules"].items()}
-    return {"rules": rules, "global": doc.get("global", {})}
+    return {
+        "rules": rules,
+        "global": doc.get("global", {}),
+        "user_offer": doc.get("user_offer", {}),
+    }
 
 
 def trigger_id(rule: str, target: Mapping[str, str], window_start: int) -> str:

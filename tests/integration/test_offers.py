@@ -1,0 +1,132 @@
+"""User offers on a real broker: a high-intent consenting user gets one, a non-consenting never;
+the propensity models survive a restart with the same predictions."""
+
+from __future__ import annotations
+
+import base64
+import pickle
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from tests.integration.helpers import consume_all, produce, topic
+
+pytestmark = pytest.mark.integration
+
+BASE = 1_700_000_000_000 - 1_700_000_000_000 % 60_000
+MIN = 60_000
+RULES = Path(__file__).resolve().parents[2] / "stream" / "rules.yaml"
+
+
+def history(users: int = 60, cycles: int = 4) -> list[dict]:
+    """Buyers click then purchase; browsers only click (negatives once the window passes)."""
+    out = []
+    t = BASE
+    for _ in range(cycles):
+        for i in range(users):
+            for kind in ("buyer", "browser"):
+                u = f"{kind}-{i}"
+                n = len(out)
+                out.append(
+                    {
+                        "event_id": f"h{n}",
+                        "type": "view",
+                        "event_time": t,
+                        "user_id": u,
+                        "campaign_id": "c1",
+                    }
+                )
+                out.append(
+                    {
+                        "event_id": f"h{n + 1}",
+                        "type": "click",
+                        "event_time": t + 1000,
+                        "user_id": u,
+                        "campaign_id": "c1",
+                        "consent": {"marketing": False},
+                    }
+                )
+                if kind == "buyer":
+                    out.append(
+                        {
+                            "event_id": f"h{n + 2}",
+                            "type": "purchase",
+                            "event_time": t + 2000,
+                            "user_id": u,
+                            "revenue": 20.0,
+                            "currency": "EUR",
+                        }
+                    )
+        t += 2 * MIN
+    return sorted(out, key=lambda e: e["event_time"])
+
+
+def final_click(user: str, consent: bool, n: int) -> dict:
+    return {
+        "event_id": f"f{n}",
+        "type": "click",
+        "event_time": BASE + 9 * MIN,
+        "user_id": user,
+        "campaign_id": "c1",
+        "consent": {"marketing": consent},
+    }
+
+
+def encode(events: list[dict]) -> list[tuple[bytes, bytes]]:
+    return [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
+
+
+async def test_offer_needs_intent_and_consent_and_models_survive_restart(
+    make_worker, worker_env, kafka, tmp_path
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    text = RULES.read_text().replace("min_labels: 200", "min_labels: 20")
+    rules.write_text(text.replace("min_score: 0.5", "min_score: 0.6"))
+    env = {
+        "PULSE_RULES": str(rules),
+        "PULSE_CHECKPOINT_INTERVAL": "0",
+        "PULSE_ATTRIBUTION_WINDOW": "60s",
+        "PULSE_WINDOW": "60s",
+        "PULSE_GRACE": "5s",
+    }
+    worker = make_worker(**env)
+    events = history()
+    await produce(kafka.bootstrap, topic(worker_env, "events"), encode(events))
+    worker.wait_metric("pulse_events_total", len(events), timeout_s=90)
+    clicks = [
+        final_click("buyer-0", True, 1),
+        final_click("buyer-1", False, 2),
+        final_click("browser-0", True, 3),
+    ]
+    await produce(kafka.bootstrap, topic(worker_env, "events"), encode(clicks))
+    worker.wait_metric("pulse_events_total", len(events) + 3)
+    assert worker.metric("pulse_model_rocauc", model="propensity") > 0.7
+
+    triggers = [
+        orjson.loads(v)
+        for _, v in await consume_all(kafka.bootstrap, topic(worker_env, "triggers"))
+    ]
+    offers = [t for t in triggers if t["action"] == "user.send_offer"]
+    assert [o["target"] for o in offers] == [{"user_id": "buyer-0", "campaign_id": "c1"}]
+    assert offers[0]["evidence"]["score"] >= 0.6 and offers[0]["params"]["offer"]["campaign_id"]
+    assert (
+        worker.metric("pulse_triggers_suppressed_total", rule="user_offer", reason="consent") >= 1
+    )
+
+    # the checkpointed models restore after a restart: same predictions for fixed inputs
+    raw = await consume_all(kafka.bootstrap, f"{worker_env['PULSE_APP_ID']}-models-changelog")
+    before = {}
+    for key, value in raw:
+        if value:
+            before[orjson.loads(key)] = pickle.loads(base64.b64decode(orjson.loads(value)))
+    assert before, "no model checkpoint written"
+    x = {"recency_h": 2.0, "purchases": 1.2, "user_cvr": 0.7, "channel=web": 1.0}
+    expected = {p: m.model.predict_proba_one(x)[True] for p, m in before.items()}
+    assert worker.stop() == 0
+    second = make_worker(**env)
+    got = httpx.post(f"{second.url}/v1/models/propensity/score", content=orjson.dumps(x)).json()
+    assert {int(p): v for p, v in got.items()} == pytest.approx(
+        {int(p): v for p, v in expected.items()}
+    )
