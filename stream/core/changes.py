@@ -26,7 +26,8 @@ def two_proportion(successes: int, trials: int, base_successes: int, base_trials
     """z statistic of ``successes/trials`` against ``base_successes/base_trials``."""
     p1 = successes / trials if trials else 0.0
     p0 = base_successes / base_trials if base_trials else 0.0
-    pooled = (successes + base_successes) / ((trials + base_trials) or 1)
+    # successes can exceed trials (e.g. purchases attributed to clicks of earlier windows)
+    pooled = min(1.0, (successes + base_successes) / ((trials + base_trials) or 1))
     se = math.sqrt(
         pooled
         * (1 - pooled)

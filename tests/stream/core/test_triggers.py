@@ -110,3 +110,8 @@ def test_two_proportion_symmetry() -> None:
     down = two_proportion(10, 1000, 300, 10_000)
     assert up.z > 3 and down.z < -3 and 0 < down.p_value < 0.01
     assert two_proportion(0, 0, 0, 0).z == 0.0
+
+
+def test_more_successes_than_trials_does_not_crash() -> None:
+    c = two_proportion(successes=12, trials=10, base_successes=50, base_trials=40)
+    assert (c.z, c.p_value) == (0.0, 1.0)  # pooled rate capped at 1: no math domain error
