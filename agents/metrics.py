@@ -53,7 +53,7 @@ def register(app: faust.App, rt: Runtime) -> Any:
             trig = [(t["target"]["campaign_id"].encode(), orjson.dumps(t)) for t in out.triggers]
             await until_written(lambda: rt.writer.send_many(trig, triggers_topic), "triggers")
             rt.metrics.count_triggers(out.triggers, int(time.time() * 1000))
-        snapshot = {**stage.merger.to_state(), "engine": stage.engine.to_state()}
+        snapshot = stage.to_state()
         state: dict[int, list[tuple[bytes, bytes | None]]] = {
             0: [(orjson.dumps("merger"), orjson.dumps(snapshot))]
         }

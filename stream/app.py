@@ -21,6 +21,7 @@ import orjson
 
 from stream.batching import message_topic
 from stream.config import Settings
+from stream.core.bandit import Allocator
 from stream.core.campaigns import CampaignSettingsStore, CampaignView
 from stream.core.dedup import Deduplicator
 from stream.core.ingest import Ingestor
@@ -68,9 +69,11 @@ class Runtime:
             else WindowMerger(partitions, size)
         )
         engine = TriggerEngine(load_rules(self.settings.rules_file or None))
+        allocator = Allocator()
         if state and "engine" in state:
             engine.restore(state["engine"])
-        return MergeStage(merger, engine, self.campaign_settings.get)
+            allocator.restore(state.get("allocator", {}))
+        return MergeStage(merger, engine, self.campaign_settings.get, allocator)
 
     @property
     def size_ms(self) -> int:

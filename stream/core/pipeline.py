@@ -17,11 +17,12 @@ from typing import Any
 
 import orjson
 
+from stream.core.bandit import Allocator
 from stream.core.ingest import BatchResult, Ingestor, RawRecord, dlq_record
 from stream.core.kpis import metric_record
 from stream.core.merge import WindowMerger
 from stream.core.propensity import PropensityModel
-from stream.core.triggers import TriggerEngine
+from stream.core.triggers import TriggerEngine, trigger_id
 from stream.core.windows import PartitionWindows, Row, RowKey
 
 Partial = tuple[int, int, list[tuple[int, dict[RowKey, Row]]]]  # partition, closed_until, windows
@@ -130,10 +131,70 @@ class MergeStage:
         merger: WindowMerger,
         engine: TriggerEngine,
         campaign_settings: Callable[[str], Mapping[str, Any] | None],
+        allocator: Allocator | None = None,
     ) -> None:
         self.merger = merger
         self.engine = engine
         self.campaign_settings = campaign_settings
+        self.allocator = allocator or Allocator()
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            **self.merger.to_state(),
+            "engine": self.engine.to_state(),
+            "allocator": self.allocator.to_state(),
+        }
+
+    def reallocate(
+        self, cid: str, ws: int, we: int, window: Mapping[str, list[int]], now_ms: int
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """Thompson-sampling weights for the campaign's variants after a closed window."""
+        alloc = self.allocator
+        for vid, (views, clicks) in window.items():
+            alloc.observe(cid, vid, views, clicks)
+        totals = {v: (t[0], t[1]) for v, t in alloc.totals.get(cid, {}).items() if v}
+        if len(totals) < 2:
+            return [], []
+        weights, why = alloc.propose(cid, ws, totals)
+        if why == "min_sample":
+            return [], [("variant_allocation", "min_sample")]
+        if why is not None:
+            return [], []
+        srm_p = alloc.srm(cid, {v: c[0] for v, c in window.items() if v})
+        if srm_p < alloc.srm_alpha:
+            return [], [("variant_allocation", "srm")]
+        before = alloc.weights.get(cid)
+        alloc.weights[cid] = weights
+        best = max(weights, key=lambda v: weights[v])
+        rates = {v: t[1] / t[0] for v, t in totals.items()}
+        split = " / ".join(f"{v} {w:.0%}" for v, w in sorted(weights.items()))
+        others = ", ".join(f"{v} {rates[v]:.2%}" for v in sorted(rates) if v != best)
+        target = {"campaign_id": cid}
+        return [
+            {
+                "trigger_id": trigger_id("variant_allocation", target, ws),
+                "action": "campaign.reallocate",
+                "rule": "variant_allocation",
+                "target": target,
+                "reason": (
+                    f"Variant {best} of {cid} has the best CTR with probability "
+                    f"{weights[best]:.0%} ({rates[best]:.2%} vs {others} over "
+                    f"{totals[best][0]:,} views): move traffic to {split}."
+                ),
+                "evidence": {
+                    "window_start": ws,
+                    "window_end": we,
+                    "variants": {
+                        v: {"views": t[0], "clicks": t[1], "ctr": rates[v]}
+                        for v, t in totals.items()
+                    },
+                    "previous_weights": before,
+                    "srm_p_value": srm_p,
+                },
+                "params": {"weights": weights},
+                "created_at": now_ms,
+            }
+        ], []
 
     def add(self, partials: Iterable[Partial], now_ms: int | None) -> MergeOutput:
         """Merge partials; return final records and the triggers of newly final windows.
@@ -148,23 +209,22 @@ class MergeStage:
         for ws, rows in merger.ready():
             we = ws + size_ms
             per_campaign: dict[str, list[int]] = {}
+            per_variant: dict[str, dict[str, list[int]]] = {}
             for (cid, vid, channel), row in sorted(rows.items()):
                 settings = self.campaign_settings(cid)
                 out.records.append(metric_record(cid, vid, channel, ws, we, row, settings))
                 acc = per_campaign.setdefault(cid, [0, 0, 0])
                 for i in range(3):
                     acc[i] += row[i]
+                var = per_variant.setdefault(cid, {}).setdefault(vid, [0, 0])
+                var[0] += row[0]
+                var[1] += row[1]
+            stamp = we if now_ms is None else now_ms
             for cid, (views, clicks, purchases) in per_campaign.items():
                 fired, held = self.engine.evaluate(
-                    cid,
-                    ws,
-                    we,
-                    views,
-                    clicks,
-                    purchases,
-                    we if now_ms is None else now_ms,
-                    self.campaign_settings(cid),
+                    cid, ws, we, views, clicks, purchases, stamp, self.campaign_settings(cid)
                 )
-                out.triggers.extend(fired)
-                out.held.extend(held)
+                moved, held_moves = self.reallocate(cid, ws, we, per_variant[cid], stamp)
+                out.triggers.extend(fired + moved)
+                out.held.extend(held + held_moves)
         return out
