@@ -59,3 +59,8 @@ check: lint typecheck test
 
 clean:
 	rm -rf $(VENV) .pulse .pytest_cache .mypy_cache .ruff_cache
+
+# Pulse vs a raw aiokafka consumer vs Quix Streams on one local broker (not part of the tests);
+# QUICK=1: 200k events, a few minutes. Results also go to bench/results/ (git-ignored).
+bench: $(STAMP)
+	$(BIN)/python bench/windowed_counts.py $(if $(QUICK),--quick,)
