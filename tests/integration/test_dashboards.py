@@ -49,7 +49,6 @@ PENDING_METRICS = frozenset(
         # triggers and their rails
         "pulse_triggers_total",
         "pulse_triggers_suppressed_total",
-        "pulse_trigger_latency_seconds",
         # online models
         "pulse_model_rocauc",
         "pulse_model_logloss",
