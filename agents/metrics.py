@@ -45,6 +45,8 @@ def register(app: faust.App, rt: Runtime) -> Any:
             stage.merger.last_offset = m.offset
         out = stage.add(partials, int(time.time() * 1000))
         rt.metrics.count_suppressed(out.held)
+        if out.drifts:
+            rt.metrics.model_drift.labels("ctr").inc(len(out.drifts))
         if out.records:
             items = [(r["campaign_id"].encode(), orjson.dumps(r)) for r in out.records]
             await until_written(lambda: rt.writer.send_many(items, metrics_topic), "metrics")

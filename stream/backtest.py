@@ -71,6 +71,7 @@ def run_backtest(
         "windows": 0,
         "triggers": 0,
         "offers": 0,
+        "drifts": 0,
     }
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -93,6 +94,7 @@ def run_backtest(
             files["triggers"].write(orjson.dumps(t) + b"\n")
         totals["windows"] += len(result.records)
         totals["triggers"] += len(result.triggers)
+        totals["drifts"] += len(result.drifts)
 
     try:
         with bar:

@@ -123,6 +123,7 @@ class MergeOutput:
     records: list[dict[str, Any]] = field(default_factory=list)
     triggers: list[dict[str, Any]] = field(default_factory=list)
     held: list[tuple[str, str]] = field(default_factory=list)
+    drifts: list[tuple[str, int]] = field(default_factory=list)  # (campaign, window_start)
 
 
 class MergeStage:
@@ -227,4 +228,5 @@ class MergeStage:
                 moved, held_moves = self.reallocate(cid, ws, we, per_variant[cid], stamp)
                 out.triggers.extend(fired + moved)
                 out.held.extend(held + held_moves)
+        out.drifts = self.engine.drain_drifts()
         return out

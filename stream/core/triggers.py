@@ -17,8 +17,10 @@ replay of the same events repeats the same id.
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
+import pickle
 from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from river import drift
 
 from stream.core.changes import two_proportion
 
@@ -64,6 +67,25 @@ class TriggerEngine:
         self.armed: dict[str, bool] = {}  # "rule|campaign" -> may fire
         self.last_fired: dict[str, int] = {}  # "rule|campaign" -> window_start
         self.sent_minute: tuple[int, int] = (0, 0)  # (minute, count) for the global limit
+        self.detectors: dict[str, drift.PageHinkley] = {}  # campaign -> CTR drift detector
+        self.drifted: list[tuple[str, int]] = []  # (campaign, window_start) since last drain
+
+    def observe_drift(self, campaign_id: str, window_start: int, views: int, clicks: int) -> None:
+        """Page-Hinkley over the campaign's CTR series (in percent), both directions."""
+        if not views:
+            return
+        detector = self.detectors.get(campaign_id)
+        if detector is None:
+            detector = self.detectors[campaign_id] = drift.PageHinkley(
+                min_instances=5, delta=0.05, threshold=5.0, mode="both"
+            )
+        detector.update(100 * clicks / views)
+        if detector.drift_detected:
+            self.drifted.append((campaign_id, window_start))
+
+    def drain_drifts(self) -> list[tuple[str, int]]:
+        out, self.drifted = self.drifted, []
+        return out
 
     def rules_for(self, overrides: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
         rules = self.config["rules"]
@@ -158,6 +180,7 @@ class TriggerEngine:
                 )
             )
         history.append((window_start, views, clicks, purchases))
+        self.observe_drift(campaign_id, window_start, views, clicks)
         return fired, held
 
     def _trigger(
@@ -215,6 +238,7 @@ class TriggerEngine:
             "history": {c: [list(h) for h in d] for c, d in self.history.items()},
             "armed": self.armed,
             "last_fired": self.last_fired,
+            "detectors": base64.b64encode(pickle.dumps(self.detectors)).decode(),
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -225,3 +249,5 @@ class TriggerEngine:
         }
         self.armed = dict(state.get("armed", {}))
         self.last_fired = dict(state.get("last_fired", {}))
+        if state.get("detectors"):
+            self.detectors = pickle.loads(base64.b64decode(state["detectors"]))

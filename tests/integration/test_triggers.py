@@ -73,6 +73,7 @@ async def test_ctr_collapse_fires_once_and_steady_is_quiet(
         worker.metric("pulse_triggers_suppressed_total", rule="ctr_drop", reason="hysteresis")
         == WINDOWS - DROP_FROM - 1
     )
+    assert worker.metric("pulse_model_drift_total", model="ctr") >= 1  # Page-Hinkley on CTR
     body = __import__("httpx").get(f"{worker.url}/v1/campaigns/c-drop", timeout=5).json()
     assert [x["trigger_id"] for x in body["triggers"]] == [t["trigger_id"]]
 

@@ -115,3 +115,15 @@ def test_two_proportion_symmetry() -> None:
 def test_more_successes_than_trials_does_not_crash() -> None:
     c = two_proportion(successes=12, trials=10, base_successes=50, base_trials=40)
     assert (c.z, c.p_value) == (0.0, 1.0)  # pooled rate capped at 1: no math domain error
+
+
+def test_ctr_drift_is_detected_and_survives_a_restore() -> None:
+    eng = TriggerEngine(load_rules())
+    for i in range(20):
+        eng.evaluate("c", i * W, (i + 1) * W, 10_000, 300, 0, now_ms=0)
+    assert eng.drain_drifts() == []
+    restored = TriggerEngine(load_rules())
+    restored.restore(eng.to_state())
+    for i in range(20, 23):
+        restored.evaluate("c", i * W, (i + 1) * W, 10_000, 40, 0, now_ms=0)
+    assert [c for c, _ in restored.drain_drifts()] == ["c"]
