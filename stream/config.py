@@ -39,7 +39,7 @@ DEFAULTS: dict[str, str] = {
     "PULSE_STORE": "memory",
     "PULSE_RULES": "",
     "PULSE_CHECKPOINT_INTERVAL": "30s",
-    "PULSE_BATCH_SIZE": "1000",
+    "PULSE_BATCH_SIZE": "4000",
     "PULSE_LOG_LEVEL": "info",
     "PULSE_KAFKA_VERSION": "3.9.1",
     "PULSE_KAFKA_CACHE": "~/.cache/pulse/kafka",
