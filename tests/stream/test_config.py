@@ -37,7 +37,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "store": "memory",
     "rules_file": "",
     "checkpoint_s": 30.0,
-    "batch_size": 1_000,
+    "batch_size": 4_000,
     "log_level": "info",
     "kafka_version": "3.9.1",
     "kafka_cache": "~/.cache/pulse/kafka",
