@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -82,6 +83,21 @@ class EventWriter:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def _started(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise KafkaUnavailable("the writer is not started")
+        return self._producer
+
+    async def _acknowledged(self, futures: list[Any], timeout_s: float | None = None) -> None:
+        """Wait for every ack; raise :class:`KafkaUnavailable` past the timeout."""
+        if not futures:
+            return
+        timeout = timeout_s if timeout_s is not None else self.request_timeout_ms / 1000
+        try:
+            await asyncio.wait_for(asyncio.gather(*futures), timeout)
+        except Exception as exc:  # KafkaError, TimeoutError
+            raise KafkaUnavailable(f"Kafka did not acknowledge the write: {exc!r}") from exc
+
     async def send_many(
         self,
         items: Iterable[KeyValue],
@@ -94,36 +110,20 @@ class EventWriter:
         Raises :class:`KafkaUnavailable` when acknowledgements do not arrive
         within ``timeout_s`` (default: the producer request timeout).
         """
-        if self._producer is None:
-            raise KafkaUnavailable("the writer is not started")
-        name = topic or self.default_topic
-        send = self._producer.send
-        futures = [
-            await send(name, value=value, key=key, timestamp_ms=timestamp_ms)
-            for key, value in items
-        ]
-        if not futures:
-            return 0
-        timeout = timeout_s if timeout_s is not None else self.request_timeout_ms / 1000
-        try:
-            await asyncio.wait_for(asyncio.gather(*futures), timeout)
-        except Exception as exc:  # KafkaError, TimeoutError
-            raise KafkaUnavailable(f"Kafka did not acknowledge the write: {exc!r}") from exc
-        return len(futures)
+        stamped = ((key, value, timestamp_ms) for key, value in items)
+        return await self.send_timestamped(stamped, topic, timeout_s)
 
     async def send_timestamped(
-        self, items: Iterable[tuple[bytes | None, bytes, int | None]], topic: str | None = None
+        self,
+        items: Iterable[tuple[bytes | None, bytes, int | None]],
+        topic: str | None = None,
+        timeout_s: float | None = None,
     ) -> int:
         """Like :meth:`send_many` with a record timestamp (epoch ms) per item."""
-        if self._producer is None:
-            raise KafkaUnavailable("the writer is not started")
-        send = self._producer.send
+        send = self._started().send
         name = topic or self.default_topic
         futures = [await send(name, value=v, key=k, timestamp_ms=ts) for k, v, ts in items]
-        try:
-            await asyncio.wait_for(asyncio.gather(*futures), self.request_timeout_ms / 1000)
-        except Exception as exc:
-            raise KafkaUnavailable(f"Kafka did not acknowledge the write: {exc!r}") from exc
+        await self._acknowledged(futures, timeout_s)
         return len(futures)
 
     async def send_partitioned(
@@ -134,9 +134,7 @@ class EventWriter:
         Much cheaper per record than :meth:`send_many` (no future per record);
         used for changelog writes whose partition is given by the source record.
         """
-        if self._producer is None:
-            raise KafkaUnavailable("the writer is not started")
-        producer = self._producer
+        producer = self._started()
         futures = []
         count = 0
         for partition, recs in records.items():
@@ -149,8 +147,5 @@ class EventWriter:
                 count += 1
             if batch.record_count():
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
-        try:
-            await asyncio.wait_for(asyncio.gather(*futures), self.request_timeout_ms / 1000)
-        except Exception as exc:
-            raise KafkaUnavailable(f"Kafka did not acknowledge the write: {exc!r}") from exc
+        await self._acknowledged(futures)
         return count
