@@ -124,6 +124,7 @@ def register(app: faust.App, rt: Runtime) -> Any:
         metrics.count_campaign_events(out.counted)
         metrics.count_triggers(out.offers, now_ms)
         metrics.count_suppressed(out.held)
+        metrics.count_segments(out.segments)
         auc, loss, labels = stage.model_quality()
         if labels:
             metrics.observe_model("propensity", auc, loss)

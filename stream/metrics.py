@@ -117,6 +117,12 @@ class PulseMetrics:
         self.model_drift = PromCounter(
             "pulse_model_drift", "Drift detections", ["model"], registry=r
         )
+        self.segment_events = PromCounter(
+            "pulse_segment_events",
+            "Events by the user's RFM segment",
+            ["segment", "type"],
+            registry=r,
+        )
         self.windows_emitted = PromCounter(
             "pulse_windows_emitted", "Window records written to pulse.metrics", registry=r
         )
@@ -183,6 +189,11 @@ class PulseMetrics:
         for t in triggers:
             self._child(self.triggers, t["action"], t["rule"]).inc()
             self.trigger_latency.observe(max(0.0, (now_ms - t["evidence"]["window_end"]) / 1000))
+
+    def count_segments(self, segments: Iterable[tuple[int, str]]) -> None:
+        counts = Counter(segments)
+        for (segment, etype), n in counts.items():
+            self._child(self.segment_events, str(segment), etype).inc(n)
 
     def observe_model(self, model: str, rocauc: float, logloss: float) -> None:
         self._child(self.model_rocauc, model).set(rocauc)

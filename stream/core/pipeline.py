@@ -36,6 +36,7 @@ class StageOutput:
     touched: dict[int, PartitionWindows] = field(default_factory=dict)
     offers: list[dict[str, Any]] = field(default_factory=list)
     held: list[tuple[str, str]] = field(default_factory=list)
+    segments: list[tuple[int, str]] = field(default_factory=list)  # (segment, event type)
 
 
 class PartitionStage:
@@ -84,6 +85,8 @@ class PartitionStage:
             model = self.model_state(p)
             if model is not None:
                 scored = model.on_event(event)
+                user = event.get("user_id") or event.get("anonymous_id") or ""
+                out.segments.append((model.segment(user, event["ts"]), event["type"]))
                 out.offers.extend(scored.offers)
                 out.held.extend(scored.held)
         return out

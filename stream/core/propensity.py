@@ -27,11 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from river import compose, linear_model, metrics, optim, preprocessing
+from river import cluster, compose, linear_model, metrics, optim, preprocessing
 
 from stream.core.triggers import trigger_id
 
 DAY_MS = 86_400_000
+SEGMENTS = 4  # bounded: segment ids label metrics
 
 
 def model_factory(
@@ -80,6 +81,7 @@ class PropensityModel:
         self.offer_cap_ms = offer_cap_ms
         self.window_ms = window_ms
         self.model = new_model()
+        self.segmenter = cluster.KMeans(n_clusters=SEGMENTS, halflife=0.1, sigma=1.0, seed=7)
         self.rocauc = metrics.ROCAUC()
         self.logloss = metrics.LogLoss()
         self.labels = 0
@@ -91,6 +93,20 @@ class PropensityModel:
         self.pending_users: dict[str, int] = {}
         self.last_offer: dict[str, int] = {}
         self.max_ts = 0
+
+    def rfm(self, user: str, ts: int) -> dict[str, float]:
+        """Recency (days, capped at 30), frequency and monetary of a user, log-scaled."""
+        _views, clicks, purchases, revenue, last_ts = self.users.get(user) or [0, 0, 0, 0.0, None]
+        recency = min(30.0, (ts - last_ts) / DAY_MS) if last_ts is not None else 30.0
+        return {
+            "r": recency / 30.0,
+            "f": math.log1p(clicks + purchases) / 5.0,
+            "m": math.log1p(revenue) / 5.0,
+        }
+
+    def segment(self, user: str, ts: int) -> int:
+        """The user's RFM segment from the online k-means (0 … SEGMENTS-1)."""
+        return int(self.segmenter.predict_one(self.rfm(user, ts)))
 
     def features(self, user: str, event: dict[str, Any]) -> dict[str, float]:
         views, clicks, purchases, revenue, last_ts = self.users.get(user) or [0, 0, 0, 0.0, None]
@@ -111,6 +127,7 @@ class PropensityModel:
         cid = event.get("campaign_id")
         if cid:
             x[f"campaign={cid}"] = 1.0
+        x[f"segment={self.segment(user, ts)}"] = 1.0
         return x
 
     def on_event(self, event: dict[str, Any]) -> OfferOutput:
@@ -133,6 +150,8 @@ class PropensityModel:
             self._maybe_offer(user, event, p, out)
         elif etype == "purchase" and self.pending_users.get(user):
             self._label_user(user, ts)
+        if etype != "view":
+            self.segmenter.learn_one(self.rfm(user, ts))
         state = self.users.get(user)
         if state is None:
             state = self.users[user] = [0, 0, 0, 0.0, None]

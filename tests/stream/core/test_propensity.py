@@ -89,3 +89,17 @@ def test_idle_users_are_forgotten() -> None:
     m.on_event(click(0, "old"))
     m.on_event(view(30 * MIN, "new"))
     assert "old" not in m.users and "new" in m.users
+
+
+def test_segments_are_bounded_and_separate_buyers_from_browsers() -> None:
+    m = PropensityModel(attribution_ms=10 * MIN, min_labels=10**9)
+    for i in range(200):
+        m.on_event(click(i * MIN, f"buyer{i % 20}"))
+        m.on_event(purchase(i * MIN + 1, f"buyer{i % 20}"))
+        m.on_event(click(i * MIN + 2, f"browser{i % 20}"))
+    t = 200 * MIN
+    buyers = {m.segment(f"buyer{i}", t) for i in range(20)}
+    browsers = {m.segment(f"browser{i}", t) for i in range(20)}
+    assert buyers | browsers <= set(range(4))
+    assert buyers.isdisjoint(browsers)
+    assert any(k.startswith("segment=") for k in m.features("buyer1", click(t, "buyer1")))
