@@ -86,7 +86,7 @@ class PartitionStage:
             if model is not None:
                 scored = model.on_event(event)
                 user = event.get("user_id") or event.get("anonymous_id") or ""
-                out.segments.append((model.segment(user, event["ts"]), event["type"]))
+                out.segments.append((model.user_segment(user, event["ts"]), event["type"]))
                 out.offers.extend(scored.offers)
                 out.held.extend(scored.held)
         return out

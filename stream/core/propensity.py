@@ -82,6 +82,7 @@ class PropensityModel:
         self.window_ms = window_ms
         self.model = new_model()
         self.segmenter = cluster.KMeans(n_clusters=SEGMENTS, halflife=0.1, sigma=1.0, seed=7)
+        self.segments: dict[str, int] = {}  # user -> segment as of their last click/purchase
         self.rocauc = metrics.ROCAUC()
         self.logloss = metrics.LogLoss()
         self.labels = 0
@@ -108,6 +109,13 @@ class PropensityModel:
         """The user's RFM segment from the online k-means (0 … SEGMENTS-1)."""
         return int(self.segmenter.predict_one(self.rfm(user, ts)))
 
+    def user_segment(self, user: str, ts: int) -> int:
+        """Cached :meth:`segment`, refreshed at clicks and purchases (cheap for views)."""
+        seg = self.segments.get(user)
+        if seg is None:
+            seg = self.segments[user] = self.segment(user, ts)
+        return seg
+
     def features(self, user: str, event: dict[str, Any]) -> dict[str, float]:
         views, clicks, purchases, revenue, last_ts = self.users.get(user) or [0, 0, 0, 0.0, None]
         ts = event["ts"]
@@ -127,7 +135,8 @@ class PropensityModel:
         cid = event.get("campaign_id")
         if cid:
             x[f"campaign={cid}"] = 1.0
-        x[f"segment={self.segment(user, ts)}"] = 1.0
+        segment = self.segments[user] = self.segment(user, ts)
+        x[f"segment={segment}"] = 1.0
         return x
 
     def on_event(self, event: dict[str, Any]) -> OfferOutput:
@@ -152,6 +161,8 @@ class PropensityModel:
             self._label_user(user, ts)
         if etype != "view":
             self.segmenter.learn_one(self.rfm(user, ts))
+            if etype == "purchase":
+                self.segments.pop(user, None)  # RFM changed: recompute on next use
         state = self.users.get(user)
         if state is None:
             state = self.users[user] = [0, 0, 0, 0.0, None]
@@ -200,6 +211,7 @@ class PropensityModel:
                 ):
                     self.users.pop(user, None)  # bounded memory: forget idle users
                     self.engaged.pop(user, None)
+                    self.segments.pop(user, None)
 
     def _maybe_offer(self, user: str, event: dict[str, Any], p: float, out: OfferOutput) -> None:
         if p < self.min_score:
