@@ -19,7 +19,7 @@ from typing import Any
 import faust
 import orjson
 
-from stream.batching import message_topic
+from stream.batching import message_topic, use_batch_consumer
 from stream.config import Settings
 from stream.core.bandit import Allocator
 from stream.core.campaigns import CampaignSettingsStore, CampaignView
@@ -154,6 +154,7 @@ def create_app(settings: Settings) -> faust.App:
         table_standby_replicas=0,
         logging_config=None,
     )
+    use_batch_consumer(app)
     rt = Runtime(settings=settings, metrics=PulseMetrics(), writer=EventWriter(settings))
     rt.topics["events"] = message_topic(app, settings.topic("events"), settings.partitions)
     rt.topics["partials"] = message_topic(app, settings.topic("metrics.partials"), 1)
