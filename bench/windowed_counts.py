@@ -107,6 +107,18 @@ Row = list[Any]  # [views, clicks, purchases, revenue]
 Record = tuple[int, bytes, bytes]  # partition, key, value
 
 
+def cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system, all threads) used so far by ``pid`` (default: this process).
+
+    On a shared machine wall-clock rates swing with the neighbours' load; CPU
+    time per event does not, so the summary also compares µs of CPU per event.
+    """
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -445,7 +457,7 @@ async def raw_drain(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
     seen = 0
     loads = orjson.loads
     try:
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), cpu_s()
         while seen < n:
             batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
             for msgs in batches.values():
@@ -454,10 +466,16 @@ async def raw_drain(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
                 seen += len(msgs)
             if time.monotonic() - t0 > 600:
                 raise TimeoutError(f"raw consumer read only {seen}/{n} events in 600 s")
-        elapsed = time.monotonic() - t0
+        elapsed, cpu = time.monotonic() - t0, cpu_s() - c0
     finally:
         await consumer.stop()
-    return {"events": seen, "seconds": round(elapsed, 3), "rate": seen / elapsed, "counts": counts}
+    return {
+        "events": seen,
+        "seconds": round(elapsed, 3),
+        "rate": seen / elapsed,
+        "cpu_us_per_event": 1e6 * cpu / seen,
+        "counts": counts,
+    }
 
 
 # --------------------------------------------------------------------- (c) Quix Streams
@@ -532,6 +550,7 @@ async def quix_run(
                 raise TimeoutError("the Quix app processed nothing within 120 s")
             await asyncio.sleep(0.05)
         t_first = time.monotonic() - (time.time() - first)
+        c_first = cpu_s(proc.pid)
         log("quix: processing; waiting for its group lag (input + repartition) to reach 0")
         async with LagProbe(bootstrap) as probe:
             repart: list[str] = []
@@ -548,7 +567,7 @@ async def quix_run(
                     ]
                 lag = await probe.lag(group, [topic, *repart]) if repart else -1
                 if lag == 0:
-                    t_done = time.monotonic()
+                    t_done, c_done = time.monotonic(), cpu_s(proc.pid)
                     break
                 if time.monotonic() - t_first > timeout_s:
                     raise TimeoutError(f"Quix group lag still {lag} after {timeout_s:.0f} s")
@@ -580,6 +599,7 @@ async def quix_run(
             "grace_ms": grace_ms,
             "seconds": round(drain_s, 3),
             "rate": n / drain_s,
+            "cpu_us_per_event": 1e6 * (c_done - c_first) / n,
             "results_complete_after_flush_s": round(t_complete - t_done, 3),
             "late_dropped": stats.get("late"),
             "check": check,
@@ -782,13 +802,14 @@ async def pulse_drain(
     n = len(work.records)
     topic = settings.topic("events")
     profiler = start_profiler(proc.pid, profile) if profile is not None else None
+    c_ready = cpu_s(proc.pid)
     async with LagProbe(settings.kafka_bootstrap) as probe:
         while True:
             if (why := _died(proc, tmp, "pulse")()) is not None:
                 raise RuntimeError(why)
             lag = await probe.lag(settings.app_id, [topic])
             if lag == 0:
-                t_done = time.monotonic()
+                t_done, c_done = time.monotonic(), cpu_s(proc.pid)
                 break
             if time.monotonic() - t_ready > 1800:
                 raise TimeoutError(f"pulse group lag still {lag} after 1800 s")
@@ -818,6 +839,7 @@ async def pulse_drain(
         "events": n,
         "seconds": round(drain_s, 3),
         "rate": n / drain_s,
+        "cpu_us_per_event": 1e6 * (c_done - c_ready) / n,
         "results_complete_after_drain_s": round(t_complete - t_done, 3),
         "check": compare(work.truth, got, dups),
         "profile": profile_lines,
@@ -1102,7 +1124,15 @@ def summary(res: Results) -> list[str]:
         f"pulse/quix={ratio(res, 'pulse', 'quix')} exact: raw={exact(res, 'raw')} "
         f"pulse={exact(res, 'pulse')} quix={exact(res, 'quix')} | {lat}"
     )
-    return [main_line, *lines_extra]
+    cpu = {n: (res.parts.get(n) or {}).get("cpu_us_per_event") for n in ("raw", "pulse", "quix")}
+    cpu_line = "BENCH-CPU µs of CPU per event: " + " ".join(
+        f"{n}={v:.1f}" if v else f"{n}=n/a" for n, v in cpu.items()
+    )
+    for a, b in (("pulse", "raw"), ("pulse", "quix")):
+        ca, cb = cpu[a], cpu[b]
+        if ca and cb:
+            cpu_line += f" {a}/{b}={cb / ca:.2f}"  # as a rate ratio: higher = faster
+    return [main_line, cpu_line, *lines_extra]
 
 
 def main() -> None:

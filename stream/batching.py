@@ -80,8 +80,11 @@ class BatchConsumer(AIOKafkaConsumer):
     can abandon a delivery blocked on a full queue. That wrapper costs a task
     and three futures per record (about a fifth of a worker's CPU at full
     drain). Here a record is delivered directly when the delivery cannot block:
-    flow not suspended and no subscribed queue full. Otherwise the original
-    cancellable path is taken, so rebalance behaviour is unchanged.
+    flow not suspended and no subscribed queue full; records of
+    :class:`MessageTopic` partitions go straight into its queue (the conductor
+    would only wrap them in a decode coroutine that returns them unchanged).
+    Otherwise the original cancellable path is taken, so rebalance behaviour
+    is unchanged.
     """
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
@@ -101,6 +104,7 @@ class BatchConsumer(AIOKafkaConsumer):
         since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                direct: dict[Any, Any] = {}  # per fetch: tp -> queues of raw-message topics
                 set_flag(CONSUMER_FETCHING)
                 ait = getmany(timeout=1.0)
                 await self.sleep(0)
@@ -120,14 +124,19 @@ class BatchConsumer(AIOKafkaConsumer):
                         if commit_every is not None and self._n_acked >= commit_every:
                             self._n_acked = 0
                             await self.commit()
-                        if (
-                            not suspended()
-                            and flow_active()
-                            and not any(ch.queue.full() for ch in channels_of(tp, ()))
-                        ):
-                            await callback(message)
-                        else:
+                        if suspended() or not flow_active():
                             await self.wait_first(callback(message), self.suspend_flow.wait())
+                        else:
+                            queues = direct.get(tp, _UNKNOWN)
+                            if queues is _UNKNOWN:
+                                queues = direct[tp] = _raw_queues(channels_of(tp, ()))
+                            if queues is not None and not any(q.full() for q in queues):
+                                for q in queues:  # raw-message topics: no conductor, no decode
+                                    q.put_nowait(message)
+                            elif not any(ch.queue.full() for ch in channels_of(tp, ())):
+                                await callback(message)
+                            else:
+                                await self.wait_first(callback(message), self.suspend_flow.wait())
                         set_read_offset(tp, offset)
                     unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
@@ -140,6 +149,17 @@ class BatchConsumer(AIOKafkaConsumer):
             raise
         finally:
             unset_flag(CONSUMER_FETCHING)
+
+
+_UNKNOWN = object()
+
+
+def _raw_queues(channels: Iterable[Any]) -> tuple[Any, ...] | None:
+    """The queues of ``channels`` when every one is a :class:`MessageTopic`, else None."""
+    channels = tuple(channels)
+    if channels and all(isinstance(ch, MessageTopic) for ch in channels):
+        return tuple(ch.queue for ch in channels)
+    return None
 
 
 def use_batch_consumer(app: faust.App) -> None:

@@ -10,9 +10,10 @@ Labels stay bounded: type, channel, reason — never a user.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, ClassVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,6 +23,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import Counter as PromCounter
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 disable_created_metrics()  # no *_created series: they double the scrape for no dashboard use
 
@@ -68,24 +70,12 @@ class PulseMetrics:
         self.duplicates = PromCounter(
             "pulse_events_duplicate", "Repeats of a seen event_id", registry=r
         )
-        self.event_lag = Histogram(
-            "pulse_event_lag_seconds",
-            "Processing time minus event time",
-            buckets=LAG_BUCKETS,
-            registry=r,
+        self.event_lag = BatchHistogram(
+            "pulse_event_lag_seconds", "Processing time minus event time", LAG_BUCKETS, r
         )
         self.late = PromCounter("pulse_events_late", "Events after their window closed", registry=r)
         labels = ["campaign_id", "variant_id", "channel"]
-        self.campaign = {
-            "view": PromCounter("pulse_campaign_views", "Views", labels, registry=r),
-            "click": PromCounter("pulse_campaign_clicks", "Clicks", labels, registry=r),
-            "purchase": PromCounter(
-                "pulse_campaign_purchases", "Attributed purchases", labels, registry=r
-            ),
-        }
-        self.revenue = PromCounter(
-            "pulse_campaign_revenue", "Attributed revenue", labels, registry=r
-        )
+        self.campaign_totals = CampaignTotals(r)
         self.spend = PromCounter("pulse_campaign_spend", "Spend (cost model)", labels, registry=r)
         gauge_labels = ["campaign_id", "variant_id"]
         self.ctr = Gauge("pulse_campaign_ctr", "CTR, last closed window", gauge_labels, registry=r)
@@ -141,25 +131,17 @@ class PulseMetrics:
     def count_events(self, events: Iterable[Mapping[str, Any]], now_ms: int) -> None:
         """Count valid events by (type, channel) and observe their event-time lag."""
         counts: Counter[tuple[str, str]] = Counter()
-        observe = self.event_lag.observe
+        lags_ms = []
         for e in events:
             counts[(e["type"], e["channel"])] += 1
-            observe(max(0.0, (now_ms - e["ts"]) / 1000))
+            lags_ms.append(now_ms - e["ts"])
+        self.event_lag.observe_ms(lags_ms)
         for (etype, channel), n in counts.items():
             self._child(self.events, etype, channel).inc(n)
 
     def count_campaign_events(self, counted: Iterable[tuple[tuple[str, str, str], Any]]) -> None:
         """Running campaign totals from ``(row key, event)``; purchases use their attribution."""
-        counts: Counter[tuple[str, str, str, str]] = Counter()
-        revenue: dict[tuple[str, str, str], float] = {}
-        for key, e in counted:
-            counts[(e["type"], *key)] += 1
-            if e["type"] == "purchase":
-                revenue[key] = revenue.get(key, 0.0) + (e.get("revenue") or 0.0)
-        for (etype, *labels), n in counts.items():
-            self._child(self.campaign[etype], *labels).inc(n)
-        for key, amount in revenue.items():
-            self._child(self.revenue, *key).inc(amount)
+        self.campaign_totals.add(counted)
 
     def observe_windows(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Spend totals and last-window rate gauges from closed window records."""
@@ -212,3 +194,94 @@ class PulseMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class CampaignTotals:
+    """``pulse_campaign_{views,clicks,purchases,revenue}_total`` kept as plain lists.
+
+    A Prometheus child per campaign × variant × channel costs a label lookup
+    and a lock per increment; these totals are plain additions per event and
+    become metric families only when scraped.
+
+    >>> r = CollectorRegistry()
+    >>> t = CampaignTotals(r)
+    >>> t.add([(("c", "A", "web"), {"type": "purchase", "revenue": 5.0})])
+    >>> r.get_sample_value("pulse_campaign_revenue_total", {"campaign_id": "c",
+    ...                    "variant_id": "A", "channel": "web"})
+    5.0
+    """
+
+    FAMILIES = (
+        ("pulse_campaign_views", "Views"),
+        ("pulse_campaign_clicks", "Clicks"),
+        ("pulse_campaign_purchases", "Attributed purchases"),
+        ("pulse_campaign_revenue", "Attributed revenue"),
+    )
+    INDEX: ClassVar[dict[str, int]] = {"view": 0, "click": 1, "purchase": 2}
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rows: dict[tuple[str, str, str], list[float]] = {}
+        registry.register(self)
+
+    def add(self, counted: Iterable[tuple[tuple[str, str, str], Any]]) -> None:
+        rows, index = self.rows, self.INDEX
+        for key, e in counted:
+            row = rows.get(key)
+            if row is None:
+                row = rows[key] = [0, 0, 0, 0.0]
+            etype = e["type"]
+            row[index[etype]] += 1
+            if etype == "purchase":
+                row[3] += e.get("revenue") or 0.0
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["campaign_id", "variant_id", "channel"]
+        families = [CounterMetricFamily(n, h, labels=labels) for n, h in self.FAMILIES]
+        for key, row in list(self.rows.items()):
+            for family, value in zip(families, row, strict=True):
+                family.add_metric(key, value)
+        yield from families
+
+
+class BatchHistogram:
+    """A label-free Prometheus histogram observed a batch at a time (no lock per value).
+
+    >>> r = CollectorRegistry()
+    >>> h = BatchHistogram("lag_seconds", "Lag", (1, 5), r)
+    >>> h.observe_ms([500, 3000, 9000, -20])
+    >>> r.get_sample_value("lag_seconds_bucket", {"le": "5.0"})
+    3.0
+    >>> r.get_sample_value("lag_seconds_sum")
+    12.5
+    """
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Iterable[float], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = [float(b) for b in buckets]
+        self._bounds_ms = [b * 1000 for b in self.bounds]
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        registry.register(self)
+
+    def observe_ms(self, values_ms: Iterable[float]) -> None:
+        """Observe durations given in milliseconds (negative ones count as 0)."""
+        counts, bounds = self.counts, self._bounds_ms
+        total = 0.0
+        for v in values_ms:
+            if v < 0:
+                v = 0
+            counts[bisect_left(bounds, v)] += 1
+            total += v
+        self.sum += total / 1000
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative, buckets = 0, []
+        for bound, n in zip([*self.bounds, float("inf")], self.counts, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else str(bound), float(cumulative)))
+        yield HistogramMetricFamily(
+            self.name, self.documentation, buckets=buckets, sum_value=self.sum
+        )
