@@ -8,6 +8,12 @@ Used by ``pulse broker``, ``pulse demo`` and the integration tests::
 Jars are fetched once with Maven into ``~/.cache/pulse/kafka/<version>`` (outside
 the work tree; override with ``PULSE_KAFKA_CACHE``). Kafka 3.x logs through
 reload4j, 4.x through log4j2.
+
+With ``sasl_users={"alice": "alice-secret"}`` the client port is a
+``SASL_PLAINTEXT`` listener accepting SCRAM-SHA-512 only; the users are written
+into the metadata log when the storage is formatted (``StorageTool format
+--add-scram``, Kafka >= 3.5, 3.9 and 4.x alike) and the broker talks to itself as
+the first user. The controller listener stays PLAINTEXT on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -133,10 +140,42 @@ def _set_parent_death_signal() -> None:  # runs in the child before exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-async def _broker_count(bootstrap: str, timeout_s: float = 3.0) -> int:
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+_UNSAFE = re.compile(r'[\s,\[\]="\\]')
+
+
+def check_scram_user(name: str, password: str) -> None:
+    """Reject names and passwords that ``StorageTool --add-scram`` cannot carry."""
+    for what, value in (("user name", name), ("password", password)):
+        if not value or _UNSAFE.search(value):
+            raise BrokerError(
+                f"SCRAM {what} {'for ' + repr(name) if what == 'password' else repr(value)} "
+                "must be non-empty without spaces, commas, brackets, '=', quotes or "
+                "backslashes; choose another"
+            )
+
+
+def parse_sasl_user(spec: str) -> tuple[str, str]:
+    """``"alice:alice-secret"`` -> ``("alice", "alice-secret")`` (for ``--sasl-user``).
+
+    >>> parse_sasl_user("alice:s3cret:x")
+    ('alice', 's3cret:x')
+    """
+    name, sep, password = spec.partition(":")
+    if not sep:
+        raise BrokerError(f"--sasl-user {name!r}: write it as NAME:PASSWORD")
+    check_scram_user(name, password)
+    return name, password
+
+
+async def _broker_count(
+    bootstrap: str, timeout_s: float = 3.0, security: Mapping[str, object] | None = None
+) -> int:
     from aiokafka.client import AIOKafkaClient
 
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    client = AIOKafkaClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000), **(security or {})
+    )
     try:
         await asyncio.wait_for(client.bootstrap(), timeout_s)
         return len(client.cluster.brokers())
@@ -144,13 +183,19 @@ async def _broker_count(bootstrap: str, timeout_s: float = 3.0) -> int:
         await client.close()
 
 
-def metadata_ready(bootstrap: str, timeout_s: float = 3.0) -> bool:
-    """True when the broker answers a metadata request listing at least one broker."""
+def metadata_ready(
+    bootstrap: str, timeout_s: float = 3.0, security: Mapping[str, object] | None = None
+) -> bool:
+    """True when the broker answers a metadata request listing at least one broker.
+
+    ``security`` holds aiokafka client keyword arguments (``security_protocol``,
+    ``sasl_mechanism``, ...) for a SASL listener.
+    """
     quiet = logging.getLogger("aiokafka")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # connection refusals are expected while it boots
     try:
-        return asyncio.run(_broker_count(bootstrap, timeout_s)) > 0
+        return asyncio.run(_broker_count(bootstrap, timeout_s, security)) > 0
     except Exception:
         return False
     finally:
@@ -169,8 +214,12 @@ class KafkaBroker:
         heap: str = "512m",
         extra_config: Mapping[str, str] | None = None,
         log_file: str | os.PathLike[str] | None = None,
+        sasl_users: Mapping[str, str] | None = None,
     ) -> None:
         self.port = port
+        self.sasl_users = dict(sasl_users or {})
+        for name, password in self.sasl_users.items():
+            check_scram_user(name, password)
         self.controller_port = controller_port or free_port()
         self.version = version or os.environ.get("PULSE_KAFKA_VERSION", DEFAULT_VERSION)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -186,6 +235,36 @@ class KafkaBroker:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def security_protocol(self) -> str:
+        """What clients must speak on :attr:`bootstrap`: PLAINTEXT or SASL_PLAINTEXT."""
+        return "SASL_PLAINTEXT" if self.sasl_users else "PLAINTEXT"
+
+    def client_env(self, user: str | None = None) -> dict[str, str]:
+        """``PULSE_KAFKA_*`` variables for a Pulse process using this broker (as ``user``)."""
+        env = {"PULSE_KAFKA_BOOTSTRAP": self.bootstrap}
+        if self.sasl_users:
+            name = user or next(iter(self.sasl_users))
+            env.update(
+                PULSE_KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT",
+                PULSE_KAFKA_SASL_MECHANISM=SCRAM_MECHANISM,
+                PULSE_KAFKA_USERNAME=name,
+                PULSE_KAFKA_PASSWORD=self.sasl_users[name],
+            )
+        return env
+
+    def client_security(self) -> dict[str, object]:
+        """aiokafka keyword arguments for the readiness check (the first SCRAM user)."""
+        if not self.sasl_users:
+            return {}
+        name, password = next(iter(self.sasl_users.items()))
+        return {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": SCRAM_MECHANISM,
+            "sasl_plain_username": name,
+            "sasl_plain_password": password,
+        }
 
     def config(self) -> dict[str, str]:
         cfg = {
@@ -211,6 +290,25 @@ class KafkaBroker:
             "replica.fetch.max.bytes": str(16 * 1024 * 1024),
             "log.segment.bytes": str(64 * 1024 * 1024),
         }
+        if self.sasl_users:
+            name, password = next(iter(self.sasl_users.items()))
+            jaas = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{name}" password="{password}";'
+            )
+            cfg.update(
+                {
+                    "listeners": f"SASL_PLAINTEXT://127.0.0.1:{self.port},"
+                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                    "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{self.port}",
+                    "inter.broker.listener.name": "SASL_PLAINTEXT",
+                    "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,"
+                    "SASL_PLAINTEXT:SASL_PLAINTEXT",
+                    "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+                    "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+                    "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": jaas,
+                }
+            )
         cfg.update(self.extra_config)
         return cfg
 
@@ -224,6 +322,7 @@ class KafkaBroker:
     def _prepare(self, jars: Path) -> tuple[Path, list[str]]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self.data_dir / "server.properties"
+        props.touch(mode=0o600)  # may hold the broker's own SCRAM password
         props.write_text("".join(f"{k}={v}\n" for k, v in self.config().items()))
         if major(self.version) >= 4:
             log_cfg = self.data_dir / "log4j2.properties"
@@ -242,6 +341,11 @@ class KafkaBroker:
         props, base = self._prepare(jars)
         meta = self.data_dir / "logs" / "meta.properties"
         if not meta.exists():
+            scram = [
+                arg
+                for name, password in self.sasl_users.items()
+                for arg in ("--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]")
+            ]
             fmt = subprocess.run(
                 [
                     *base,
@@ -251,12 +355,18 @@ class KafkaBroker:
                     "-c",
                     str(props),
                     "--ignore-formatted",
+                    *scram,
                 ],
                 capture_output=True,
                 text=True,
             )
             if fmt.returncode != 0:
-                raise BrokerError(f"formatting Kafka storage failed: {fmt.stdout}{fmt.stderr}")
+                out = f"{fmt.stdout}{fmt.stderr}"
+                for password in self.sasl_users.values():
+                    out = out.replace(password, "***")
+                raise BrokerError(f"formatting Kafka storage failed: {out}")
+        elif self.sasl_users:
+            log.info("storage already formatted: SCRAM users are those it was formatted with")
         self._logf = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
             [*base, "kafka.Kafka", str(props)],
@@ -272,15 +382,19 @@ class KafkaBroker:
                     f"Kafka exited with code {self.proc.returncode}; see {self.log_path}:\n"
                     + self.log_path.read_text(errors="replace")[-3000:]
                 )
-            if metadata_ready(self.bootstrap, timeout_s=2.0):
+            if metadata_ready(self.bootstrap, timeout_s=2.0, security=self.client_security()):
                 log.info("Kafka %s ready on %s", self.version, self.bootstrap)
                 return self
             time.sleep(0.3)
         self.stop()
         raise BrokerError(f"Kafka did not answer metadata requests within {timeout_s:.0f}s")
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop the JVM (SIGTERM, then SIGKILL) and remove a temporary data dir."""
+    def stop(self, timeout_s: float = 30.0, keep_data: bool = False) -> None:
+        """Stop the JVM (SIGTERM, then SIGKILL) and remove a temporary data dir.
+
+        ``keep_data=True`` keeps even a temporary data dir so :meth:`start` can
+        bring the same broker back (same ports, data and cluster id).
+        """
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -292,9 +406,18 @@ class KafkaBroker:
         if getattr(self, "_logf", None) is not None:
             self._logf.close()
             self._logf = None  # type: ignore[assignment]
-        if self._tmp is not None:
+        if self._tmp is not None and not keep_data:
             self._tmp.cleanup()
             self._tmp = None
+
+    def restart(self, down_s: float = 0.0, timeout_s: float = 90.0) -> KafkaBroker:
+        """Stop gracefully, stay down ``down_s`` seconds, start again in place.
+
+        Same ports, data dir and cluster id: clients see an outage, not a new cluster.
+        """
+        self.stop(keep_data=True)
+        time.sleep(down_s)
+        return self.start(timeout_s)
 
     def kill(self) -> None:
         """Stop abruptly (SIGKILL), keeping the data dir: a broker crash."""

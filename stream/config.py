@@ -10,10 +10,15 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from stream.core.durations import parse_duration
+
+#: Values accepted by PULSE_KAFKA_SECURITY_PROTOCOL and PULSE_KAFKA_SASL_MECHANISM.
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 
 #: Every environment variable Pulse reads, with its default (documented in the README).
 DEFAULTS: dict[str, str] = {
@@ -22,6 +27,7 @@ DEFAULTS: dict[str, str] = {
     "PULSE_KAFKA_SASL_MECHANISM": "",
     "PULSE_KAFKA_USERNAME": "",
     "PULSE_KAFKA_PASSWORD": "",
+    "PULSE_KAFKA_SSL_CAFILE": "",
     "PULSE_APP_ID": "pulse",
     "PULSE_WEB_HOST": "0.0.0.0",
     "PULSE_WEB_PORT": "6066",
@@ -52,7 +58,8 @@ class Settings:
     kafka_security_protocol: str
     kafka_sasl_mechanism: str
     kafka_username: str
-    kafka_password: str
+    kafka_password: str = field(repr=False)  # never in logs or tracebacks
+    kafka_ssl_cafile: str
     app_id: str
     web_host: str
     web_port: int
@@ -114,6 +121,7 @@ class Settings:
             kafka_sasl_mechanism=v["PULSE_KAFKA_SASL_MECHANISM"].upper(),
             kafka_username=v["PULSE_KAFKA_USERNAME"],
             kafka_password=v["PULSE_KAFKA_PASSWORD"],
+            kafka_ssl_cafile=v["PULSE_KAFKA_SSL_CAFILE"],
             app_id=v["PULSE_APP_ID"],
             web_host=v["PULSE_WEB_HOST"],
             web_port=integer("PULSE_WEB_PORT"),
@@ -145,8 +153,56 @@ class Settings:
         """Copy with some fields changed (tests, demo)."""
         return replace(self, **changes)  # type: ignore[arg-type]
 
+    def check_kafka_security(self) -> None:
+        """Raise ``ValueError`` naming the variable to fix when the security settings clash."""
+        protocol, mechanism = self.kafka_security_protocol, self.kafka_sasl_mechanism
+        if protocol not in SECURITY_PROTOCOLS:
+            raise ValueError(
+                f"PULSE_KAFKA_SECURITY_PROTOCOL={protocol!r} is not supported; "
+                f"use one of {', '.join(SECURITY_PROTOCOLS)}"
+            )
+        sasl = protocol.startswith("SASL_")
+        if sasl and not mechanism:
+            raise ValueError(
+                f"PULSE_KAFKA_SECURITY_PROTOCOL={protocol} needs PULSE_KAFKA_SASL_MECHANISM "
+                f"({', '.join(SASL_MECHANISMS)}) plus PULSE_KAFKA_USERNAME and PULSE_KAFKA_PASSWORD"
+            )
+        if mechanism and not sasl:
+            raise ValueError(
+                f"PULSE_KAFKA_SASL_MECHANISM={mechanism} is set but "
+                f"PULSE_KAFKA_SECURITY_PROTOCOL={protocol} sends no credentials; "
+                "set PULSE_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT or SASL_SSL"
+            )
+        if mechanism and mechanism not in SASL_MECHANISMS:
+            raise ValueError(
+                f"PULSE_KAFKA_SASL_MECHANISM={mechanism!r} is not supported; "
+                f"use one of {', '.join(SASL_MECHANISMS)}"
+            )
+        if sasl and not self.kafka_username:
+            raise ValueError(
+                f"PULSE_KAFKA_SASL_MECHANISM={mechanism} needs PULSE_KAFKA_USERNAME "
+                "(and PULSE_KAFKA_PASSWORD)"
+            )
+        if self.kafka_ssl_cafile and not os.path.isfile(self.kafka_ssl_cafile):
+            raise ValueError(
+                f"PULSE_KAFKA_SSL_CAFILE={self.kafka_ssl_cafile!r} is not a readable file; "
+                "point it at the PEM file of the CA that signed the brokers' certificates"
+            )
+
+    def kafka_ssl_context(self) -> ssl.SSLContext | None:
+        """TLS context for SSL / SASL_SSL (system CAs, or PULSE_KAFKA_SSL_CAFILE)."""
+        if self.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        from aiokafka.helpers import create_ssl_context
+
+        return create_ssl_context(cafile=self.kafka_ssl_cafile or None)
+
     def kafka_client_kwargs(self) -> dict[str, object]:
-        """Security keyword arguments shared by every aiokafka client."""
+        """Security keyword arguments shared by every aiokafka client.
+
+        Raises ``ValueError`` (see :meth:`check_kafka_security`) on clashing settings.
+        """
+        self.check_kafka_security()
         kw: dict[str, object] = {"security_protocol": self.kafka_security_protocol}
         if self.kafka_sasl_mechanism:
             kw.update(
@@ -154,8 +210,7 @@ class Settings:
                 sasl_plain_username=self.kafka_username,
                 sasl_plain_password=self.kafka_password,
             )
-        if self.kafka_security_protocol == "SASL_SSL":
-            from aiokafka.helpers import create_ssl_context
-
-            kw["ssl_context"] = create_ssl_context()
+        context = self.kafka_ssl_context()
+        if context is not None:
+            kw["ssl_context"] = context
         return kw

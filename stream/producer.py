@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, errors
 
 from stream.config import Settings
 
@@ -22,6 +22,17 @@ log = logging.getLogger(__name__)
 
 class KafkaUnavailable(RuntimeError):
     """Kafka did not acknowledge a write in time."""
+
+
+#: Errors after which an idempotent producer's sequence numbers are broken for good
+#: (e.g. a batch expired in an outage left a gap): only a new producer id helps.
+#: The Java client bumps its epoch for these; aiokafka 0.14 keeps failing.
+_NEEDS_NEW_PRODUCER = (
+    errors.OutOfOrderSequenceNumber,
+    errors.UnknownProducerId,
+    errors.InvalidProducerEpoch,
+    errors.ProducerFenced,
+)
 
 
 async def until_written(send: Callable[[], Awaitable[int]], what: str = "write") -> None:
@@ -52,12 +63,18 @@ class EventWriter:
         self.default_topic = settings.topic("events")
         self.request_timeout_ms = request_timeout_ms
         self._producer: AIOKafkaProducer | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
         self.started = False
+        self.resets = 0
 
     async def start(self) -> None:
         """Connect (the producer binds to the running event loop, so it is made here)."""
+        self._producer = await self._new_producer()
+        self.started = True
+
+    async def _new_producer(self) -> AIOKafkaProducer:
         s = self.settings
-        self._producer = AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             bootstrap_servers=s.kafka_bootstrap,
             acks="all",
             enable_idempotence=True,
@@ -67,14 +84,45 @@ class EventWriter:
             client_id=f"{s.app_id}-writer",
             **s.kafka_client_kwargs(),
         )
-        await self._producer.start()
-        self.started = True
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
 
     async def stop(self) -> None:
         if self._producer is not None:
             self.started = False
             await self._producer.stop()
             self._producer = None
+        if self._retiring:
+            await asyncio.wait(self._retiring)
+
+    async def _replace(self, broken: AIOKafkaProducer, reason: BaseException) -> None:
+        """Swap in a new producer (new producer id) once; retire the broken one."""
+        if self._producer is not broken:
+            return  # a concurrent caller already replaced it
+        log.warning("Kafka producer needs a new producer id (%r); reconnecting", reason)
+        try:
+            fresh = await self._new_producer()
+        except Exception as exc:
+            raise KafkaUnavailable(f"could not reconnect the Kafka producer: {exc!r}") from exc
+        if self._producer is not broken:  # lost a race while connecting
+            await fresh.stop()
+            return
+        self._producer = fresh
+        self.resets += 1
+        task = asyncio.get_running_loop().create_task(self._retire(broken))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    @staticmethod
+    async def _retire(producer: AIOKafkaProducer) -> None:
+        try:
+            await asyncio.wait_for(producer.stop(), 30)
+        except Exception as exc:  # its pending sends already failed to their callers
+            log.debug("stopping the replaced producer: %r", exc)
 
     async def __aenter__(self) -> EventWriter:
         await self.start()
@@ -88,14 +136,22 @@ class EventWriter:
             raise KafkaUnavailable("the writer is not started")
         return self._producer
 
-    async def _acknowledged(self, futures: list[Any], timeout_s: float | None = None) -> None:
-        """Wait for every ack; raise :class:`KafkaUnavailable` past the timeout."""
+    async def _acknowledged(
+        self, producer: AIOKafkaProducer, futures: list[Any], timeout_s: float | None = None
+    ) -> None:
+        """Wait for every ack; raise :class:`KafkaUnavailable` past the timeout.
+
+        When ``producer`` can no longer write (broken idempotence sequence after
+        an outage) it is replaced, so the caller's retry goes through.
+        """
         if not futures:
             return
         timeout = timeout_s if timeout_s is not None else self.request_timeout_ms / 1000
         try:
             await asyncio.wait_for(asyncio.gather(*futures), timeout)
         except Exception as exc:  # KafkaError, TimeoutError
+            if isinstance(exc, _NEEDS_NEW_PRODUCER):
+                await self._replace(producer, exc)
             raise KafkaUnavailable(f"Kafka did not acknowledge the write: {exc!r}") from exc
 
     async def send_many(
@@ -120,10 +176,15 @@ class EventWriter:
         timeout_s: float | None = None,
     ) -> int:
         """Like :meth:`send_many` with a record timestamp (epoch ms) per item."""
-        send = self._started().send
+        producer = self._started()
         name = topic or self.default_topic
-        futures = [await send(name, value=v, key=k, timestamp_ms=ts) for k, v, ts in items]
-        await self._acknowledged(futures, timeout_s)
+        try:
+            futures = [
+                await producer.send(name, value=v, key=k, timestamp_ms=ts) for k, v, ts in items
+            ]
+        except (TimeoutError, errors.KafkaError) as exc:  # no metadata, buffer full
+            raise KafkaUnavailable(f"Kafka did not take the write: {exc!r}") from exc
+        await self._acknowledged(producer, futures, timeout_s)
         return len(futures)
 
     async def send_partitioned(
@@ -137,15 +198,18 @@ class EventWriter:
         producer = self._started()
         futures = []
         count = 0
-        for partition, recs in records.items():
-            batch = producer.create_batch()
-            for key, value in recs:
-                if batch.append(key=key, value=value, timestamp=None) is None:
+        try:
+            for partition, recs in records.items():
+                batch = producer.create_batch()
+                for key, value in recs:
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        futures.append(await producer.send_batch(batch, topic, partition=partition))
+                        batch = producer.create_batch()
+                        batch.append(key=key, value=value, timestamp=None)
+                    count += 1
+                if batch.record_count():
                     futures.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
-                count += 1
-            if batch.record_count():
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-        await self._acknowledged(futures)
+        except (TimeoutError, errors.KafkaError) as exc:
+            raise KafkaUnavailable(f"Kafka did not take the write: {exc!r}") from exc
+        await self._acknowledged(producer, futures)
         return count

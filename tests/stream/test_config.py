@@ -20,6 +20,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "kafka_sasl_mechanism": "",
     "kafka_username": "",
     "kafka_password": "",
+    "kafka_ssl_cafile": "",
     "app_id": "pulse",
     "web_host": "0.0.0.0",
     "web_port": 6066,
@@ -105,6 +106,12 @@ OVERRIDES: list[tuple[str, str, str, Any]] = [
     ("PULSE_KAFKA_SASL_MECHANISM", "scram-sha-512", "kafka_sasl_mechanism", "SCRAM-SHA-512"),
     ("PULSE_KAFKA_USERNAME", "alice", "kafka_username", "alice"),
     ("PULSE_KAFKA_PASSWORD", "s3cret", "kafka_password", "s3cret"),
+    (
+        "PULSE_KAFKA_SSL_CAFILE",
+        "/etc/ssl/kafka-ca.pem",
+        "kafka_ssl_cafile",
+        "/etc/ssl/kafka-ca.pem",
+    ),
     ("PULSE_APP_ID", "pulse-eu", "app_id", "pulse-eu"),
     ("PULSE_WEB_HOST", "127.0.0.1", "web_host", "127.0.0.1"),
     ("PULSE_WEB_PORT", "8080", "web_port", 8080),
@@ -318,3 +325,81 @@ def test_kafka_client_kwargs_sasl_ssl_adds_an_ssl_context() -> None:
         "sasl_plain_username": "alice",
         "sasl_plain_password": "pw",
     }
+
+
+SCRAM = {
+    "PULSE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+    "PULSE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+    "PULSE_KAFKA_USERNAME": "alice",
+    "PULSE_KAFKA_PASSWORD": "pw",
+}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PULSE_KAFKA_SECURITY_PROTOCOL": "TLS"}, "PULSE_KAFKA_SECURITY_PROTOCOL='TLS'"),
+        (
+            {"PULSE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"},
+            "needs PULSE_KAFKA_SASL_MECHANISM",
+        ),
+        ({**SCRAM, "PULSE_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}, "SASL_PLAINTEXT or SASL_SSL"),
+        ({**SCRAM, "PULSE_KAFKA_SASL_MECHANISM": "GSSAPI"}, "SCRAM-SHA-512, SCRAM-SHA-256, PLAIN"),
+        ({**SCRAM, "PULSE_KAFKA_USERNAME": ""}, "needs PULSE_KAFKA_USERNAME"),
+        (
+            {**SCRAM, "PULSE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "PULSE_KAFKA_SSL_CAFILE": "/no"},
+            "PULSE_KAFKA_SSL_CAFILE='/no' is not a readable file",
+        ),
+    ],
+    ids=[
+        "unknown-protocol",
+        "sasl-without-mechanism",
+        "mechanism-without-sasl",
+        "gssapi",
+        "no-user",
+        "missing-cafile",
+    ],
+)
+def test_clashing_security_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    settings = Settings.from_env(env)  # reading never fails: clients check before connecting
+    with pytest.raises(ValueError, match=re.escape(message)):
+        settings.kafka_client_kwargs()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        settings.check_kafka_security()
+
+
+def test_the_password_stays_out_of_repr() -> None:
+    assert "pw" not in repr(Settings.from_env(SCRAM))
+
+
+def test_ssl_uses_the_ca_file(tmp_path: Path) -> None:
+    import certifi
+
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(Path(certifi.where()).read_bytes())
+    settings = Settings.from_env(
+        {"PULSE_KAFKA_SECURITY_PROTOCOL": "ssl", "PULSE_KAFKA_SSL_CAFILE": str(ca)}
+    )
+    kw = settings.kafka_client_kwargs()
+    context = kw.pop("ssl_context")
+    assert isinstance(context, ssl.SSLContext) and context.cert_store_stats()["x509_ca"] > 0
+    assert kw == {"security_protocol": "SSL"}
+
+
+def test_faust_credentials_follow_the_settings() -> None:
+    import faust
+
+    from stream.app import broker_credentials
+
+    assert broker_credentials(Settings.from_env({})) is None
+    creds = broker_credentials(Settings.from_env(SCRAM))
+    assert isinstance(creds, faust.SASLCredentials)
+    assert (creds.protocol.value, creds.mechanism.value) == ("SASL_PLAINTEXT", "SCRAM-SHA-512")
+    assert (creds.username, creds.password, creds.ssl_context) == ("alice", "pw", None)
+    sasl_ssl = broker_credentials(
+        Settings.from_env({**SCRAM, "PULSE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"})
+    )
+    assert sasl_ssl.protocol.value == "SASL_SSL"
+    assert isinstance(sasl_ssl.ssl_context, ssl.SSLContext)
+    tls = broker_credentials(Settings.from_env({"PULSE_KAFKA_SECURITY_PROTOCOL": "SSL"}))
+    assert isinstance(tls, faust.SSLCredentials) and tls.protocol.value == "SSL"
