@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import logging
 import pickle
 import time
@@ -102,30 +103,52 @@ class Runtime:
                 int(s.attribution_window_s * 1000),
                 self.size_ms,
             )
-            self._stage = PartitionStage(Ingestor(dedup), self.new_partition_windows, models)
+            ingestor = Ingestor(dedup, salt=s.pseudonymize_salt)  # privacy: stream/core/privacy
+            self._stage = PartitionStage(ingestor, self.new_partition_windows, models)
         return self._stage
 
 
 def broker_credentials(settings: Settings) -> Any:
-    if not settings.kafka_sasl_mechanism:
-        return None
-    ssl = None
-    if settings.kafka_security_protocol == "SASL_SSL":
-        from aiokafka.helpers import create_ssl_context
+    """Faust credentials (consumer, producer, topic admin) from the PULSE_KAFKA_* settings.
 
-        ssl = create_ssl_context()
+    ``None`` for PLAINTEXT; TLS for SSL / SASL_SSL (PULSE_KAFKA_SSL_CAFILE or the
+    system CAs); SASL username and password for SASL_PLAINTEXT / SASL_SSL.
+    """
+    settings.check_kafka_security()
+    protocol = settings.kafka_security_protocol
+    context = settings.kafka_ssl_context()
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    if not protocol.startswith("SASL_"):
+        return None
     return faust.SASLCredentials(
         username=settings.kafka_username,
         password=settings.kafka_password,
         mechanism=settings.kafka_sasl_mechanism,
-        ssl_context=ssl,
+        ssl_context=context,
     )
+
+
+def tune_gc() -> None:
+    """Fewer full garbage collections for a long-lived worker with large state.
+
+    A worker keeps millions of small containers (24 h of event ids, per-user
+    model state); CPython's default thresholds walk all of them in a full
+    collection every ~70k allocations, which cost a fifth of the per-event time
+    at 400k events. State here is acyclic, so rarer collections only delay
+    freeing the few cycles libraries create. Objects from start-up (modules,
+    libraries) are frozen out of collections altogether.
+    """
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)
 
 
 def create_app(settings: Settings) -> faust.App:
     """A configured Pulse worker app: topics, tables, agents and web views."""
-    from agents import ingest, metrics
+    from agents import erase, ingest, metrics
     from stream import sensors, web
+
+    tune_gc()
 
     batch = settings.batch_size
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -253,6 +276,7 @@ def create_app(settings: Settings) -> faust.App:
         app.service(TopicFollower(settings, settings.topic(name), apply))  # type: ignore[arg-type]
 
     ingest.register(app, rt)
+    erase.register(app, rt)  # pulse erase: agents/erase.py
     metrics.register(app, rt)
     sensors.install(app, rt.metrics)
     web.register(app, rt)

@@ -1,6 +1,6 @@
 """The ``pulse`` command line.
 
-pulse broker [--port 9092] [--data-dir DIR]
+pulse broker [--port 9092] [--data-dir DIR] [--sasl-user NAME:PASSWORD ...]
 pulse worker
 pulse demo
 pulse simulate [--rate 200] [--duration 60] [--scenario steady] [--via kafka|http]
@@ -29,9 +29,11 @@ log = logging.getLogger("pulse")
 
 def _settings() -> Settings:
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
+        settings.check_kafka_security()
     except ValueError as exc:
         sys.exit(f"pulse: configuration error: {exc}")
+    return settings
 
 
 def _wait_for_signal() -> None:
@@ -43,10 +45,13 @@ def _wait_for_signal() -> None:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from stream.broker import BrokerError, KafkaBroker
+    from stream.broker import BrokerError, KafkaBroker, parse_sasl_user
 
-    broker = KafkaBroker(port=args.port, data_dir=args.data_dir, version=args.version)
     try:
+        users = dict(parse_sasl_user(spec) for spec in args.sasl_user or [])
+        broker = KafkaBroker(
+            port=args.port, data_dir=args.data_dir, version=args.version, sasl_users=users
+        )
         broker.start()
     except BrokerError as exc:
         print(f"pulse broker: {exc}", file=sys.stderr)
@@ -55,6 +60,14 @@ def cmd_broker(args: argparse.Namespace) -> int:
         f"Kafka {broker.version} ready on {broker.bootstrap} (data in {broker.data_dir})",
         flush=True,
     )
+    if users:
+        print(
+            f"SASL_PLAINTEXT listener, SCRAM-SHA-512 users: {', '.join(users)}; clients need\n"
+            "  PULSE_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT\n"
+            "  PULSE_KAFKA_SASL_MECHANISM=SCRAM-SHA-512\n"
+            "  PULSE_KAFKA_USERNAME=<user> PULSE_KAFKA_PASSWORD=<password>",
+            flush=True,
+        )
     print("Ctrl-C stops it.", flush=True)
     try:
         _wait_for_signal()
@@ -65,13 +78,18 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 async def _ensure_topics_with_retry(settings: Settings, timeout_s: float = 60.0) -> None:
-    from stream.topics import ensure_topics
+    """Create the topics, retrying while Kafka is unreachable; exit at once on a refused login."""
+    from stream.topics import KafkaSecurityError, ensure_topics
 
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             await ensure_topics(settings)
             return
+        except KafkaSecurityError as exc:
+            raise SystemExit(f"pulse: {exc}") from None
+        except ValueError as exc:
+            raise SystemExit(f"pulse: configuration error: {exc}") from None
         except Exception as exc:
             if time.monotonic() > deadline:
                 raise SystemExit(
@@ -85,10 +103,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
     from stream.app import create_app
+    from stream.logfilter import quiet_repeats
 
     settings = _settings()
     asyncio.run(_ensure_topics_with_retry(settings))
     app = create_app(settings)
+    quiet_repeats("aiokafka")  # an outage logs each reconnect attempt; keep a few a minute
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
@@ -265,6 +285,24 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_erase(args: argparse.Namespace) -> int:
+    from stream.erase import EraseError, describe, request_erasure
+
+    settings = _settings()
+
+    async def run() -> Any:
+        await _ensure_topics_with_retry(settings)
+        return await request_erasure(settings, args.user, wait_s=args.wait)
+
+    try:
+        receipt = asyncio.run(run())
+    except EraseError as exc:
+        sys.exit(f"pulse erase: {exc}")
+    code, message = describe(args.user, receipt, args.wait)
+    print(message, file=sys.stderr if code else sys.stdout)
+    return code
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
     import orjson
 
@@ -308,6 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--port", type=int, default=9092)
     b.add_argument("--data-dir", default=None, help="keep data here (default: a temporary dir)")
     b.add_argument("--version", default=None, help="Kafka version (default PULSE_KAFKA_VERSION)")
+    b.add_argument(
+        "--sasl-user",
+        action="append",
+        metavar="NAME:PASSWORD",
+        help="serve SASL_PLAINTEXT with SCRAM-SHA-512 for this user (repeatable); users are "
+        "fixed when the data dir is first formatted",
+    )
     b.set_defaults(func=cmd_broker)
 
     w = sub.add_parser("worker", help="run a Pulse worker (Faust app + HTTP on PULSE_WEB_PORT)")
@@ -347,6 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("file")
     r.add_argument("--rate", type=float, default=None, help="events per second (default: max)")
     r.set_defaults(func=cmd_replay)
+
+    e = sub.add_parser("erase", help="forget a user: last click, model features, segment")
+    e.add_argument("--user", required=True, help="the user_id or anonymous_id (not pseudonymised)")
+    e.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to wait for a worker (0: do not wait)"
+    )
+    e.set_defaults(func=cmd_erase)
 
     bt = sub.add_parser("backtest", help="run the windows and trigger rules offline over a file")
     bt.add_argument("file", help=".jsonl/.ndjson, .csv or .parquet")

@@ -1,16 +1,97 @@
-"""Create Pulse's topics on the broker (idempotent) with the configured partitions."""
+"""Create Pulse's topics on the broker (idempotent) with the configured partitions.
+
+:func:`ensure_topics` is every command's first contact with Kafka, so it also
+tells a refused login (:class:`KafkaSecurityError`, fatal: retrying cannot help)
+from a broker that is not up yet (``KafkaConnectionError``, worth retrying).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 
+from aiokafka import errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from stream.config import Settings
 
 log = logging.getLogger(__name__)
+
+
+class KafkaSecurityError(RuntimeError):
+    """The broker answered but refused this client's security settings."""
+
+
+def _hostports(bootstrap: str) -> list[tuple[str, int]]:
+    out = []
+    for item in bootstrap.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if host and port.isdigit():
+            out.append((host.strip("[]"), int(port)))
+    return out
+
+
+async def security_problem(settings: Settings, timeout_s: float = 10.0) -> str | None:
+    """Connect to each bootstrap broker; say what is wrong when one refuses our login.
+
+    ``None`` when no broker answered (down, unreachable) or the login works.
+    The message names the variables to check and never contains the password.
+    """
+    s = settings
+    kwargs = s.kafka_client_kwargs()
+    who = f"user {s.kafka_username!r} with {s.kafka_sasl_mechanism}"
+    for host, port in _hostports(s.kafka_bootstrap):
+        where = f"Kafka at {host}:{port}"
+        try:
+            conn = await create_conn(host, port, request_timeout_ms=int(timeout_s * 1000), **kwargs)
+        except (errors.SaslAuthenticationFailed, errors.AuthenticationFailedError) as exc:
+            return (
+                f"SASL authentication failed: {where} rejected {who} ({exc}). Check "
+                "PULSE_KAFKA_USERNAME and PULSE_KAFKA_PASSWORD, and that the user has "
+                f"{s.kafka_sasl_mechanism} credentials on the broker "
+                f"(kafka-configs --alter --add-config '{s.kafka_sasl_mechanism}=[password=...]' "
+                "--entity-type users --entity-name <user>)"
+            )
+        except errors.UnsupportedSaslMechanismError as exc:
+            return (
+                f"{where} does not accept SASL mechanism {s.kafka_sasl_mechanism} ({exc}); "
+                "set PULSE_KAFKA_SASL_MECHANISM to one its listener enables"
+            )
+        except errors.IllegalSaslStateError:
+            return (
+                f"{where} is not a SASL listener but PULSE_KAFKA_SECURITY_PROTOCOL="
+                f"{s.kafka_security_protocol}; use the broker's SASL port in "
+                "PULSE_KAFKA_BOOTSTRAP or set PULSE_KAFKA_SECURITY_PROTOCOL to PLAINTEXT/SSL"
+            )
+        except ssl.SSLError as exc:
+            return (
+                f"TLS handshake with {where} failed ({exc.reason or exc}); check that the port "
+                "speaks TLS and that PULSE_KAFKA_SSL_CAFILE holds the CA of its certificate"
+            )
+        except (TimeoutError, OSError, errors.KafkaError):
+            continue  # not up (yet): the caller retries
+        try:
+            await conn.send(MetadataRequest([]))
+        except errors.KafkaConnectionError:
+            if not s.kafka_security_protocol.startswith("SASL_"):
+                # ApiVersions was answered, then the broker hung up on Metadata:
+                # requests before a SASL login are refused that way.
+                return (
+                    f"{where} closed the connection before serving metadata: its listener "
+                    "probably requires SASL; set PULSE_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT "
+                    "(or SASL_SSL), PULSE_KAFKA_SASL_MECHANISM, PULSE_KAFKA_USERNAME and "
+                    "PULSE_KAFKA_PASSWORD"
+                )
+        except (TimeoutError, errors.KafkaError):
+            pass
+        finally:
+            conn.close()
+    return None
+
 
 #: short name -> extra topic config
 TOPICS: dict[str, dict[str, str]] = {
@@ -19,6 +100,7 @@ TOPICS: dict[str, dict[str, str]] = {
     "metrics": {},
     "triggers": {},
     "campaigns": {"cleanup.policy": "compact"},
+    "erasures": {"cleanup.policy": "compact"},  # `pulse erase` requests, co-partitioned with events
 }
 #: internal topics with a fixed partition count
 INTERNAL: dict[str, int] = {"metrics.partials": 1}
@@ -32,7 +114,13 @@ async def ensure_topics(settings: Settings) -> list[str]:
         request_timeout_ms=15000,
         **settings.kafka_client_kwargs(),
     )
-    await admin.start()
+    try:
+        await admin.start()
+    except errors.KafkaConnectionError:
+        problem = await security_problem(settings)
+        if problem:
+            raise KafkaSecurityError(problem) from None
+        raise
     try:
         existing = set(await admin.list_topics())
         wanted = [

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from stream.core.collector import MAX_BODY_BYTES, RateLimiter, WriteKeys, classify_body
 from stream.producer import KafkaUnavailable
@@ -31,12 +33,76 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return _json(status, {"error": message}, headers)
 
 
+class BodyTooLarge(Exception):
+    """The request body is over the endpoint's limit."""
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, read in chunks; :class:`BodyTooLarge` past ``limit`` bytes.
+
+    ``StreamReader.read(n)`` returns what is buffered so far, not ``n`` bytes, so
+    a body split over several TCP segments must be read in a loop. At most
+    ``limit + 1`` bytes are buffered, whatever the body (chunked or compressed).
+    Raises ``ValueError`` when the body cannot be read (bad chunked or content
+    encoding).
+    """
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= limit:
+            chunk = await request.content.read(limit + 1 - size)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # connection lost mid-body; bad chunking or compression
+        raise ValueError(type(exc).__name__) from None
+    raise BodyTooLarge(size)
+
+
+def _log_failure(what: str, exc: BaseException) -> None:
+    """Log a handler failure without the exception message (it may quote the body)."""
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    log.error("%s failed with %s (message withheld)\n%s", what, type(exc).__name__, frames)
+
+
+class RedactBadRequests(logging.Filter):
+    """Log malformed HTTP requests as one warning line, without aiohttp's details.
+
+    aiohttp logs a request it cannot parse at ERROR with the offending line
+    quoted, which can be an ``Authorization`` header (a write key) or body
+    bytes; the client already gets that detail in its 400 response.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError | ConnectionError):
+            record.msg = "rejected a malformed or broken HTTP request (%s; details withheld)"
+            record.args = (type(exc).__name__,)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def register(app: faust.App, rt: Runtime) -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, RedactBadRequests) for f in server_log.filters):
+        server_log.addFilter(RedactBadRequests())
     keys = WriteKeys(rt.settings.write_keys)
     limiter = RateLimiter(rt.settings.rate_limit)
     metrics = rt.metrics
     events_topic = rt.settings.topic("events")
     dlq_topic = rt.settings.topic("events.dlq")
+
+    def too_many(wait: float) -> web.Response:
+        return _error(
+            429,
+            f"rate limit of {rt.settings.rate_limit:g} events/s for this key exceeded; "
+            "retry after the Retry-After seconds",
+            {"Retry-After": str(max(1, math.ceil(wait)))},
+        )
 
     async def collect(request: web.Request) -> web.Response:
         key = keys.match(request.headers.get("Authorization"))
@@ -47,22 +113,37 @@ def register(app: faust.App, rt: Runtime) -> None:
                 "with a key from PULSE_WRITE_KEYS",
                 {"WWW-Authenticate": 'Bearer realm="pulse"'},
             )
+        wait = limiter.exhausted(key)
+        if wait > 0:
+            return too_many(wait)
         length = request.content_length
         if length is not None and length > MAX_BODY_BYTES:
             return _error(413, f"body is {length} bytes; send at most {MAX_BODY_BYTES} per request")
-        body = await request.content.read(MAX_BODY_BYTES + 1)
+        try:
+            body = await read_body(request, MAX_BODY_BYTES)
+        except BodyTooLarge:
+            return _error(
+                413, f"body is over {MAX_BODY_BYTES} bytes; send at most that per request"
+            )
+        except ValueError as exc:
+            return _error(
+                400,
+                f"the request body could not be read ({exc}): send plain or gzip-encoded "
+                "JSON with a correct Content-Length or chunked encoding",
+            )
         received_ms = int(time.time() * 1000)
-        result = classify_body(body, received_ms)
+        try:
+            result = classify_body(body, received_ms)
+        except Exception as exc:  # a bug must not become a 500 that quotes the body in the log
+            _log_failure("classifying a collector request", exc)
+            return _error(
+                400, "the body could not be processed: send events as described by the schema"
+            )
         if result.status != 202:
             return _error(result.status, result.message)
         wait = limiter.take(key, len(result.accepted) + len(result.dlq))
         if wait > 0:
-            return _error(
-                429,
-                f"rate limit of {rt.settings.rate_limit:g} events/s for this key exceeded; "
-                "retry after the Retry-After seconds",
-                {"Retry-After": str(max(1, math.ceil(wait)))},
-            )
+            return too_many(wait)
         if not rt.writer.started:
             return _error(503, "not connected to Kafka yet; retry shortly", {"Retry-After": "2"})
         try:
@@ -135,11 +216,15 @@ def register(app: faust.App, rt: Runtime) -> None:
 
     async def score(request: web.Request) -> web.Response:
         try:
-            x = orjson.loads(await request.content.read(64 * 1024))
-            if not isinstance(x, dict):
+            x = orjson.loads(await read_body(request, 64 * 1024))
+            if not isinstance(x, dict) or not all(
+                type(v) in (int, float) and math.isfinite(v) for v in x.values()
+            ):
                 raise ValueError
-        except ValueError:
-            return _error(400, "send a JSON object of feature name -> number")
+        except (ValueError, BodyTooLarge):
+            return _error(
+                400, "send a JSON object (at most 64 KB) of feature name -> finite number"
+            )
         return _json(
             200,
             {

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 import orjson
 
 from stream.core.ingest import dlq_record
+from stream.core.privacy import protect
 from stream.core.validation import Rejection, check_event
 
 MAX_BODY_BYTES = 512 * 1024
@@ -25,20 +27,31 @@ MAX_ITEMS = 500
 
 
 class WriteKeys:
-    """Constant-time bearer-key check against every configured key."""
+    """Constant-time bearer-key check against every configured key.
+
+    Keys are compared as SHA-256 digests, so neither the key's length nor which
+    key matched shows in the time taken; the scheme is case-insensitive (RFC 7235).
+
+    >>> WriteKeys(["k1"]).match("bearer  k1 "), WriteKeys(["k1"]).match("Basic k1")
+    ('k1', None)
+    """
 
     def __init__(self, keys: list[str] | tuple[str, ...]) -> None:
-        self._keys = [k.encode() for k in keys]
+        self._keys = [(hashlib.sha256(k.encode()).digest(), k) for k in keys]
 
     def match(self, header: str | None) -> str | None:
         """Return the matching key, or None."""
-        if not header or not header.startswith("Bearer "):
+        if not header or len(header) > 4096:
             return None
-        given = header[7:].strip().encode()
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        # aiohttp keeps undecodable header bytes as surrogates: encode them back, never raise
+        given = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
         found = None
-        for key in self._keys:  # no early exit: time does not depend on which key matched
-            if hmac.compare_digest(given, key):
-                found = key.decode()
+        for digest, key in self._keys:  # no early exit: time does not depend on the match
+            if hmac.compare_digest(given, digest):
+                found = key
         return found
 
     def check(self, header: str | None) -> bool:
@@ -72,6 +85,21 @@ class RateLimiter:
             return 0.0
         self._buckets[key] = (tokens, now)
         return (need - tokens) / self.rate
+
+    def exhausted(self, key: str) -> float:
+        """Seconds until ``key`` has a token again (0 when it has one); takes nothing.
+
+        Checked before reading a body, so a client over its rate costs no parsing.
+
+        >>> rl = RateLimiter(rate=10, clock=lambda: 0.0)
+        >>> rl.take("k", 10), rl.exhausted("k"), rl.exhausted("other")
+        (0.0, 0.1, 0.0)
+        """
+        if self.rate <= 0 or key not in self._buckets:
+            return 0.0
+        tokens, last = self._buckets[key]
+        tokens = min(self.capacity, tokens + (self.clock() - last) * self.rate)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
 
 
 @dataclass
@@ -119,6 +147,9 @@ def classify_body(body: bytes, received_ms: int) -> BodyResult:
     for index, item in enumerate(items):
         checked = check_event(item, received_ms)
         key = _key_of(item) if isinstance(item, dict) else None
+        if isinstance(item, dict) and "context" in item:
+            item = dict(item)
+            protect(item, None)  # the full IP address never reaches Kafka
         try:
             raw = orjson.dumps(item)
         except TypeError:  # orjson stops at 254 levels of nesting, parsing allows more

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from stream.core.dedup import Deduplicator
+from stream.core.privacy import Pseudonymizer
 from stream.core.validation import MAX_EVENT_BYTES, Rejection, parse_event
 
 RawRecord = tuple[bytes | None, bytes | None, int, int, int]  # key, value, partition, offset, ts_ms
@@ -55,20 +56,26 @@ def dlq_record(reason: str, detail: str, payload: bytes, received_ms: int) -> by
 
 
 class Ingestor:
-    """Validate, normalise and deduplicate records in arrival order."""
+    """Validate, normalise and deduplicate records in arrival order.
 
-    def __init__(self, dedup: Deduplicator) -> None:
+    With a ``salt`` (``PULSE_PSEUDONYMIZE_SALT``) valid events carry pseudonymous
+    ``user_id`` / ``anonymous_id``; ``context.ip`` is always truncated.
+    """
+
+    def __init__(self, dedup: Deduplicator, salt: str = "") -> None:
         self.dedup = dedup
+        self.pseudonymizer = Pseudonymizer(salt) if salt else None
 
     def process(self, records: Iterable[RawRecord], now_ms: int | None = None) -> BatchResult:
         out = BatchResult()
         valid_add = out.valid.append
         position_add = out.positions.append
         is_dup = self.dedup.is_duplicate
+        pseudonymizer = self.pseudonymizer
         for key, value, partition, offset, ts_ms in records:
             received = ts_ms if ts_ms > 0 else (now_ms or 0)
             raw = value if value is not None else b""
-            event = parse_event(raw, received)
+            event = parse_event(raw, received, pseudonymizer)
             if isinstance(event, Rejection):
                 out.invalid[event.reason] += 1
                 out.dlq.append((key, dlq_record(event.reason, event.detail, raw, received)))

@@ -30,6 +30,7 @@ import orjson
 
 from schemas import load_schema
 from stream.core.fastpath import plainly_valid
+from stream.core.privacy import Pseudonymizer, protect
 
 __all__ = [
     "MAX_EVENT_BYTES",
@@ -100,7 +101,9 @@ class InvalidTimestamp(ValueError):
         self.field = field
 
 
-def parse_event(raw: bytes, received_ms: int) -> dict[str, Any] | Rejection:
+def parse_event(
+    raw: bytes, received_ms: int, pseudonymizer: Pseudonymizer | None = None
+) -> dict[str, Any] | Rejection:
     """Parse one raw message and validate it; see :func:`check_event`."""
     try:
         size = len(raw)
@@ -118,10 +121,12 @@ def parse_event(raw: bytes, received_ms: int) -> dict[str, Any] | Rejection:
             "invalid_json",
             f"cannot read the message as JSON ({type(exc).__name__}): send UTF-8 encoded JSON text",
         )
-    return check_event(obj, received_ms)
+    return check_event(obj, received_ms, pseudonymizer)
 
 
-def check_event(obj: object, received_ms: int) -> dict[str, Any] | Rejection:
+def check_event(
+    obj: object, received_ms: int, pseudonymizer: Pseudonymizer | None = None
+) -> dict[str, Any] | Rejection:
     """Validate an already-parsed JSON value and return the normalised event or a Rejection."""
     if not isinstance(obj, dict):
         return Rejection(
@@ -167,19 +172,24 @@ def check_event(obj: object, received_ms: int) -> dict[str, Any] | Rejection:
             return Rejection("schema", "data.revenue must be finite: " + _FIELD_HINTS["revenue"])
 
     try:
-        return normalize(obj, received_ms)
+        return normalize(obj, received_ms, pseudonymizer)
     except InvalidTimestamp as exc:
         return Rejection("schema", f"{exc}: {_FIELD_HINTS[exc.field]}")
     except Exception as exc:
         return Rejection("schema", f"event could not be normalised ({type(exc).__name__}: {exc})")
 
 
-def normalize(event: dict[str, Any], received_ms: int) -> dict[str, Any]:
+def normalize(
+    event: dict[str, Any], received_ms: int, pseudonymizer: Pseudonymizer | None = None
+) -> dict[str, Any]:
     """Return a new dict: ``event``'s fields plus ``ts``, ``received_at`` and defaults.
 
     ``ts`` is the event time in epoch ms; with ``sent_at`` it is corrected for device
     clock skew as ``received_ms - (sent_at - event_time)``. ``received_at`` is always
     ``received_ms``. ``channel`` defaults to ``"web"``; ``currency`` is upper-cased.
+    ``context.ip`` is truncated to its network and, with a ``pseudonymizer``,
+    ``user_id`` / ``anonymous_id`` are replaced by their pseudonyms
+    (:mod:`stream.core.privacy`).
     The copy is shallow: nested objects are shared with ``event`` and left untouched.
     Expects a schema-valid event; raises :class:`InvalidTimestamp` (a ValueError) for
     an unusable timestamp.
@@ -196,6 +206,8 @@ def normalize(event: dict[str, Any], received_ms: int) -> dict[str, Any]:
     currency = out.get("currency")
     if currency is not None:
         out["currency"] = currency.upper()
+    if pseudonymizer is not None or "context" in out:
+        protect(out, pseudonymizer)
     return out
 
 

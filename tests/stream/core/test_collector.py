@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stream.core.collector import (
     MAX_BODY_BYTES,
@@ -357,3 +359,64 @@ def test_deeply_nested_small_body_does_not_raise(body: bytes) -> None:
     assert len(body) < 1024
     result = classify_body(body, RECEIVED)
     assert result.status in (202, 400)
+
+
+# --- hardening found by tests/integration/test_collector_fuzz.py -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bearer k1", "k1"),
+        ("BEARER k1", "k1"),
+        ("Bearer k1\udcff", None),  # aiohttp keeps undecodable header bytes as surrogates
+        ("Bearer \udcff\udcfe", None),
+        ("Bearer " + "k" * 10_000, None),
+    ],
+)
+def test_write_keys_hostile_headers(header: str, expected: str | None) -> None:
+    assert WriteKeys(["k1"]).match(header) == expected
+
+
+def test_accepted_events_are_written_with_a_truncated_ip() -> None:
+    item = {
+        "event_id": "e1",
+        "type": "view",
+        "event_time": T0,
+        "user_id": "u1",
+        "campaign_id": "c1",
+        "context": {"ip": "203.0.113.77", "locale": "de"},
+    }
+    result = classify_body(orjson.dumps([item, {**item, "type": "hover"}]), RECEIVED)
+    assert len(result.accepted) == 1 and len(result.dlq) == 1
+    written = orjson.loads(result.accepted[0][1])
+    assert written["context"] == {"ip": "203.0.113.0", "locale": "de"}
+    assert result.accepted[0][0] == b"u1"  # the key stays the raw id: workers pseudonymise
+    assert b"203.0.113.77" not in result.dlq[0][1]
+    assert item["context"]["ip"] == "203.0.113.77"  # the parsed input is not modified
+
+
+@given(st.sampled_from(["", "Bearer ", "bearer k"]), st.binary(max_size=300))
+def test_write_keys_never_raise(scheme: str, value: bytes) -> None:
+    header = scheme + value.decode("utf-8", "surrogateescape")  # as aiohttp decodes headers
+    assert WriteKeys(["k1"]).match(header) in (None, "k1")
+
+
+@given(st.binary(max_size=2000))
+def test_classify_body_never_raises_on_bytes(body: bytes) -> None:
+    result = classify_body(body, RECEIVED)
+    assert result.status in (202, 400, 413)
+    assert len(result.accepted) + len(result.errors) == (len(result.dlq) + len(result.accepted))
+
+
+def test_exhausted_key_is_refused_before_its_body_is_read() -> None:
+    now = [0.0]
+    rl = RateLimiter(rate=100, clock=lambda: now[0])
+    assert rl.exhausted("k") == 0.0  # unknown key: a full bucket
+    assert rl.take("k", 100) == 0.0
+    assert rl.exhausted("k") == pytest.approx(0.01)
+    now[0] = 0.005
+    assert rl.exhausted("k") == pytest.approx(0.005)
+    now[0] = 0.02
+    assert rl.exhausted("k") == 0.0 and rl.take("k", 1) == 0.0
+    assert RateLimiter(rate=0).exhausted("k") == 0.0

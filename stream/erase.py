@@ -1,0 +1,136 @@
+"""``pulse erase --user ID``: ask the workers to forget a user, then wait for their answer.
+
+The request goes to the compacted ``pulse.erasures`` topic, keyed by the user's
+id as the workers hold it (the pseudonym when ``PULSE_PSEUDONYMIZE_SALT`` is
+set), in the partition Kafka's default partitioner gives the raw id on
+``pulse.events`` — the partition whose worker holds the user's state. That
+worker answers with an acknowledgement record (same key and partition).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from stream.config import Settings
+from stream.core.privacy import erase_request, read_erase_record
+
+
+class EraseError(RuntimeError):
+    """The request could not be written; the message says what to do."""
+
+
+@dataclass
+class EraseReceipt:
+    user_key: str  # the id as workers hold it (pseudonym with a salt)
+    request_id: str
+    topic: str
+    partition: int
+    offset: int
+    ack: dict[str, Any] | None = None  # the worker's answer; None when none came in time
+    waited_s: float = 0.0  # from sending the request to reading the acknowledgement
+
+
+async def request_erasure(settings: Settings, user: str, wait_s: float = 60.0) -> EraseReceipt:
+    """Write the erase request; wait up to ``wait_s`` for a worker's acknowledgement."""
+    s = settings
+    if not user:
+        raise EraseError("--user is empty: pass the user_id or anonymous_id to erase")
+    events, name = s.topic("events"), s.topic("erasures")
+    request_id = uuid.uuid4().hex
+    key, value = erase_request(user, s.pseudonymize_salt, request_id, int(time.time() * 1000))
+    producer = AIOKafkaProducer(
+        bootstrap_servers=s.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        client_id=f"{s.app_id}-erase",
+        **s.kafka_client_kwargs(),
+    )
+    await producer.start()
+    try:
+        n_events = len(await producer.partitions_for(events))
+        partitions = sorted(await producer.partitions_for(name))
+        if len(partitions) != n_events:
+            raise EraseError(
+                f"{name} has {len(partitions)} partitions but {events} has {n_events}: "
+                f"they must match; recreate {name} with {n_events} partitions"
+            )
+        partition = DefaultPartitioner()(user.encode(), partitions, partitions)
+        sent_at = time.monotonic()
+        sent = await producer.send(name, key=key.encode(), value=value, partition=partition)
+        meta = await sent
+    finally:
+        await producer.stop()
+    receipt = EraseReceipt(key, request_id, name, partition, meta.offset)
+    if wait_s > 0:
+        receipt.ack = await _wait_ack(s, receipt, wait_s)
+        receipt.waited_s = time.monotonic() - sent_at
+    return receipt
+
+
+async def _wait_ack(
+    settings: Settings, receipt: EraseReceipt, wait_s: float
+) -> dict[str, Any] | None:
+    """Read the request's partition after it until the worker's acknowledgement arrives."""
+    tp = TopicPartition(receipt.topic, receipt.partition)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        client_id=f"{settings.app_id}-erase",
+        **settings.kafka_client_kwargs(),
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, receipt.offset + 1)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            for record in batch.get(tp, []):
+                found = read_erase_record(record.key, record.value)
+                if found is None:
+                    continue
+                _, ack = found
+                if ack.get("request_id") == receipt.request_id and "status" in ack:
+                    return ack
+    finally:
+        await consumer.stop()
+    return None
+
+
+def describe(user: str, receipt: EraseReceipt, wait_s: float) -> tuple[int, str]:
+    """Exit code and the message ``pulse erase`` prints."""
+    who = f"user {user!r}"
+    if receipt.user_key != user:
+        who += f" (pseudonym {receipt.user_key})"
+    where = f"{receipt.topic} partition {receipt.partition} offset {receipt.offset}"
+    head = f"erase request {receipt.request_id} for {who} written to {where}"
+    ack = receipt.ack
+    if ack is None:
+        if wait_s <= 0:
+            return 0, f"{head}; not waiting (--wait 0): a worker applies it when it reads it"
+        return 3, (
+            f"{head}, but no worker acknowledged it within {wait_s:g}s. It stays queued and "
+            "is applied when a worker of this PULSE_APP_ID reads it: check that "
+            "`pulse worker` runs with the same PULSE_APP_ID and PULSE_TOPIC_PREFIX, or "
+            "rerun with a longer --wait"
+        )
+    if ack.get("status") == "salt_mismatch":
+        return 2, (
+            f"{head}, but the worker uses a different PULSE_PSEUDONYMIZE_SALT than this "
+            "command, so nothing matched and nothing was erased: rerun `pulse erase` with "
+            "the workers' PULSE_PSEUDONYMIZE_SALT"
+        )
+    return 0, (
+        f"{head}; applied {receipt.waited_s:.2f}s after the request: last click removed (changelog "
+        f"tombstone) on partitions {ack.get('clicks') or 'none held'}, model features "
+        f"removed and checkpointed on partitions {ack.get('models') or 'none held'}, "
+        "segment cache dropped. Records already on pulse.triggers, pulse.events and "
+        "pulse.events.dlq are not rewritten (see README, Privacy)."
+    )
