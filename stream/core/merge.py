@@ -92,6 +92,81 @@ class WindowMerger:
         return m
 
 
+class EmittedOutputs:
+    """Outputs a merger sent after its last snapshot, so a replay does not send them again.
+
+    A merger emits, then snapshots. If it dies in between, the restored snapshot
+    is one step behind its outputs and replaying the partials re-derives the
+    same window records and triggers. On recovery the agent reads its output
+    topics back from the snapshot's time and :meth:`learn` keeps what belongs to
+    windows the snapshot had not emitted yet (``window_end > emitted_until``,
+    exact because ``emitted_until`` only grows). :meth:`drop_repeats` then
+    filters those out of the replayed step, whose records and trigger ids are
+    deterministic (same partials, same restored engine state).
+
+    >>> e = EmittedOutputs()
+    >>> rec = {"campaign_id": "c", "variant_id": "A", "channel": "web", "window_start": 10,
+    ...        "window_end": 20}
+    >>> e.learn([rec, {**rec, "window_start": 0, "window_end": 10}], [], emitted_until=10)
+    >>> len(e)
+    1
+    >>> e.drop_repeats([rec, {**rec, "channel": "sms"}], [], emitted_until=20)
+    ([{'campaign_id': 'c', 'variant_id': 'A', 'channel': 'sms', 'window_start': 10, \
+'window_end': 20}], [])
+    >>> len(e), e.dropped
+    (0, 1)
+    """
+
+    def __init__(self) -> None:
+        self.keys: set[tuple[Any, ...]] = set()
+        self.until = 0  # the largest window end learned: nothing to filter past it
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @staticmethod
+    def record_key(r: Mapping[str, Any]) -> tuple[Any, ...]:
+        return ("m", r["campaign_id"], r["variant_id"], r["channel"], r["window_start"])
+
+    def learn(
+        self,
+        records: Iterable[Mapping[str, Any]],
+        triggers: Iterable[Mapping[str, Any]],
+        emitted_until: int,
+    ) -> None:
+        """Remember records and campaign triggers of windows past ``emitted_until``."""
+        for r in records:
+            if r["window_end"] > emitted_until:
+                self.keys.add(self.record_key(r))
+                self.until = max(self.until, r["window_end"])
+        for t in triggers:
+            ev = t.get("evidence") or {}
+            end = ev.get("window_end")
+            if str(t.get("action", "")).startswith("campaign.") and end and end > emitted_until:
+                self.keys.add(("t", t["trigger_id"]))
+                self.until = max(self.until, end)
+
+    def drop_repeats(
+        self,
+        records: list[dict[str, Any]],
+        triggers: list[dict[str, Any]],
+        emitted_until: int,
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The records and triggers not already sent; forget everything once past ``until``."""
+        if not self.keys:
+            return records, triggers
+        keys = self.keys
+        fresh = [r for r in records if self.record_key(r) not in keys]
+        fresh_t = [t for t in triggers if ("t", t["trigger_id"]) not in keys]
+        self.dropped += len(records) - len(fresh) + len(triggers) - len(fresh_t)
+        keys.difference_update(self.record_key(r) for r in records)
+        keys.difference_update(("t", t["trigger_id"]) for t in triggers)
+        if emitted_until >= self.until:
+            keys.clear()
+        return fresh, fresh_t
+
+
 def encode_windows(windows: Iterable[tuple[int, Mapping[RowKey, Row]]]) -> list[Any]:
     """JSON-friendly windows: ``[[ws, [[c, v, ch, views, clicks, purchases, revenue]]]]``."""
     return [[ws, [[*k, *v] for k, v in rows.items()]] for ws, rows in windows]

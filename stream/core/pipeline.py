@@ -20,7 +20,7 @@ import orjson
 from stream.core.bandit import Allocator
 from stream.core.ingest import BatchResult, Ingestor, RawRecord, dlq_record
 from stream.core.kpis import metric_record
-from stream.core.merge import WindowMerger
+from stream.core.merge import EmittedOutputs, WindowMerger
 from stream.core.propensity import PropensityModel
 from stream.core.triggers import TriggerEngine, trigger_id
 from stream.core.windows import PartitionWindows, Row, RowKey
@@ -91,6 +91,20 @@ class PartitionStage:
                 out.held.extend(scored.held)
         return out
 
+    def erase_user(self, user: str) -> dict[str, list[int]]:
+        """Drop ``user``'s last clicks, model state and cached segment (``pulse erase``).
+
+        Returns the partitions that held them: ``clicks`` need a changelog
+        tombstone, ``models`` a fresh checkpoint. Window counts hold no users.
+        """
+        clicks = []
+        for p, pw in self.windows.items():
+            if pw.last_click.pop(user, None) is not None:
+                clicks.append(p)
+            pw.dirty_clicks.discard(user)
+        models = [p for p, m in self.models.items() if m.erase_user(user)]
+        return {"clicks": sorted(clicks), "models": sorted(models)}
+
     def model_quality(self) -> tuple[float, float, int]:
         """Label-weighted ROC AUC and log loss over this stage's partitions, and labels."""
         total = sum(m.labels for m in self.models.values())
@@ -101,13 +115,19 @@ class PartitionStage:
         return auc, loss, total
 
     def close(self, partitions: Iterable[int], idle_watermark: int | None = None) -> list[Partial]:
-        """Close what watermarks allow; ``idle_watermark`` advances idle partitions."""
+        """Close what watermarks allow; ``idle_watermark`` advances idle partitions.
+
+        A partial is returned only when windows closed or the partition's
+        progress crossed a window boundary: the merger can finish a window only
+        then, so the watermark creeping inside one window sends nothing.
+        """
         partials = []
         for p in partitions:
             pw = self.window_state(p)
             before = pw.closed_until
             closed = pw.close(idle_watermark)
-            if pw.closed_until > before:
+            size = pw.size_ms
+            if closed or pw.closed_until // size > before // size:
                 partials.append((p, pw.closed_until, closed))
         return partials
 
@@ -141,6 +161,7 @@ class MergeStage:
         self.engine = engine
         self.campaign_settings = campaign_settings
         self.allocator = allocator or Allocator()
+        self.emitted = EmittedOutputs()  # sent before a crash, after the last snapshot
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -232,4 +253,8 @@ class MergeStage:
                 out.triggers.extend(fired + moved)
                 out.held.extend(held + held_moves)
         out.drifts = self.engine.drain_drifts()
+        if self.emitted:  # a replay after a crash: drop what was already sent
+            out.records, out.triggers = self.emitted.drop_repeats(
+                out.records, out.triggers, merger.emitted_until
+            )
         return out

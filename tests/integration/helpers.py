@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 
@@ -32,7 +37,11 @@ async def produce(
 
 
 async def consume_all(
-    bootstrap: str, name: str, expected: int | None = None, timeout_s: float = 30
+    bootstrap: str,
+    name: str,
+    expected: int | None = None,
+    timeout_s: float = 30,
+    isolation_level: str = "read_uncommitted",
 ) -> list[tuple[bytes | None, bytes]]:
     """Read a topic from the beginning until ``expected`` records or the topic's end."""
     consumer = AIOKafkaConsumer(
@@ -43,6 +52,7 @@ async def consume_all(
         group_id=None,
         max_partition_fetch_bytes=16 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
+        isolation_level=isolation_level,
     )
     await consumer.start()
     out: list[tuple[bytes | None, bytes]] = []
@@ -62,3 +72,152 @@ async def consume_all(
     finally:
         await consumer.stop()
     return out
+
+
+TYPE_INDEX = {"view": 0, "click": 1, "purchase": 2}
+
+
+def window_truth(
+    events: Iterable[Mapping[str, Any]],
+    size_ms: int,
+    attribution: Mapping[str, tuple[str, str, str]],
+) -> dict[tuple[Any, ...], list[Any]]:
+    """Reference aggregation written independently of Pulse.
+
+    ``(campaign, variant, channel, window_start) -> [views, clicks, purchases, revenue]``
+    over first-seen events with epoch-ms ``event_time``; a purchase without
+    ``campaign_id`` counts for the row ``attribution[event_id]``.
+    """
+    out: dict[tuple[Any, ...], list[Any]] = defaultdict(lambda: [0, 0, 0, 0.0])
+    for e in events:
+        ws = e["event_time"] - e["event_time"] % size_ms
+        if "campaign_id" in e:
+            cid, vid, ch = e["campaign_id"], e["variant_id"], e["channel"]
+        else:
+            cid, vid, ch = attribution[e["event_id"]]
+        row = out[(cid, vid, ch, ws)]
+        row[TYPE_INDEX[e["type"]]] += 1
+        if e["type"] == "purchase":
+            row[3] += e["revenue"]
+    return dict(out)
+
+
+def records_by_key(raw: list[tuple[bytes | None, bytes]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Window records by (campaign, variant, channel, window_start); fails on a repeat."""
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for _, value in raw:
+        r = orjson.loads(value)
+        key = (r["campaign_id"], r["variant_id"] or "", r["channel"], r["window_start"])
+        assert key not in seen, f"window record emitted twice: {key}"
+        seen[key] = r
+    return seen
+
+
+async def final_records(
+    bootstrap: str, name: str, n: int, timeout_s: float = 60
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Wait for ``n`` records, give a repeat time to show up, then read the whole topic."""
+    await consume_all(bootstrap, name, expected=n, timeout_s=timeout_s)
+    await asyncio.sleep(3)
+    return records_by_key(await consume_all(bootstrap, name))
+
+
+STREAM_SIZE_MS = 10_000
+STREAM_BASE = 1_700_000_000_000 - 1_700_000_000_000 % STREAM_SIZE_MS  # a window edge, long ago
+#: campaign, views per window, variants, channels (for :func:`campaign_stream`)
+STREAM_CAMPAIGNS = [
+    ("c-drop", 600, ["A"], ["web"]),
+    ("c1", 150, ["A", "B"], ["web", "mobile"]),
+    ("c2", 150, ["A", "B"], ["email", "web"]),
+    ("c3", 120, ["A"], ["social", "search", "display"]),
+]
+
+
+def campaign_stream(
+    seed: int, windows: int = 14, drop_from: int = 8, size_ms: int = STREAM_SIZE_MS
+) -> list[dict[str, Any]]:
+    """A seeded stream in event-time order, ~3 % of it re-sent a few records later.
+
+    Four campaigns over ``windows`` windows from :data:`STREAM_BASE`: views,
+    clicks, purchases with and without ``campaign_id`` (the latter attributed to
+    the user's last click). ``c-drop``'s CTR falls from 3 % to 0.3 % from window
+    ``drop_from`` on, so the trigger rules fire one ``campaign.pause`` for it.
+    """
+    rng = random.Random(seed)
+    timed: list[tuple[int, int, dict[str, Any]]] = []
+    n = 0
+
+    def add(t: int, e: dict[str, Any]) -> None:
+        nonlocal n
+        n += 1
+        timed.append((t, n, {"event_id": f"e{n}", "event_time": t, **e}))
+
+    for w in range(windows):
+        for cid, views, variants, channels in STREAM_CAMPAIGNS:
+            if cid == "c-drop":
+                clicks = 2 if w >= drop_from else views * 3 // 100
+            else:
+                clicks = views * 6 // 100
+            for i in range(views):
+                t = STREAM_BASE + w * size_ms + rng.randrange(size_ms)
+                user = f"u{rng.randrange(400)}"
+                row = {
+                    "user_id": user,
+                    "campaign_id": cid,
+                    "variant_id": rng.choice(variants),
+                    "channel": rng.choice(channels),
+                }
+                add(t, {"type": "view", **row})
+                if i >= clicks:
+                    continue
+                add(t + rng.randrange(1000), {"type": "click", **row})
+                if rng.random() < 0.4:
+                    buy: dict[str, Any] = {"type": "purchase", "user_id": user}
+                    buy.update(currency="EUR", revenue=rng.randrange(1, 400) * 0.25)  # exact
+                    if rng.random() < 0.5:  # else attributed to the user's last click
+                        buy.update(row)
+                    add(t + 1000 + rng.randrange(3000), buy)
+    timed.sort(key=lambda x: (x[0], x[1]))
+    events = [e for _, _, e in timed]
+    out: list[dict[str, Any]] = []
+    resend: dict[int, list[dict[str, Any]]] = {}
+    for i, e in enumerate(events):
+        out.append(e)
+        out.extend(resend.pop(i, []))
+        if rng.random() < 0.03:
+            resend.setdefault(i + rng.randrange(1, 30), []).append(e)
+    for later in resend.values():
+        out.extend(later)
+    return out
+
+
+def stream_reference(
+    events: list[dict[str, Any]],
+    size_ms: int = STREAM_SIZE_MS,
+    attribution_ms: int = 3_600_000,
+) -> dict[tuple[Any, ...], list[Any]]:
+    """First occurrences, last-click attribution in stream order, windowed independently."""
+    first: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    last_click: dict[str, tuple[int, str, str, str]] = {}
+    attribution: dict[str, tuple[str, str, str]] = {}
+    for e in events:
+        if e["event_id"] in seen:
+            continue
+        seen.add(e["event_id"])
+        t, user = e["event_time"], e["user_id"]
+        if e["type"] == "click":
+            prev = last_click.get(user)
+            if prev is None or t >= prev[0]:
+                last_click[user] = (t, e["campaign_id"], e["variant_id"], e["channel"])
+        if e["type"] == "purchase" and "campaign_id" not in e:
+            click = last_click.get(user)
+            if click is None or not 0 <= t - click[0] <= attribution_ms:
+                continue  # unattributed: in no window record
+            attribution[e["event_id"]] = click[1:]
+        first.append(e)
+    return window_truth(first, size_ms, attribution)
+
+
+def encode_events(events: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes]]:
+    return [(e["user_id"].encode(), orjson.dumps(e)) for e in events]

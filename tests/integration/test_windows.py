@@ -6,16 +6,20 @@ carry the traffic, 2 and 3 stay empty and close on the wall clock.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
-from collections import defaultdict
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.integration.helpers import consume_all, produce, topic
+from tests.integration.helpers import (
+    consume_all,
+    final_records,
+    produce,
+    topic,
+    window_truth,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -50,36 +54,7 @@ def ev(
 
 
 def truth(events: list[dict[str, Any]], attribution: dict[str, tuple[str, str, str]]) -> dict:
-    """Reference aggregation written independently of Pulse: key -> [v, c, p, revenue]."""
-    out: dict[tuple, list] = defaultdict(lambda: [0, 0, 0, 0.0])
-    for e in events:
-        ws = (e["event_time"] - BASE) // 10_000 * 10_000 + BASE
-        if "campaign_id" in e:
-            cid, vid, ch = e["campaign_id"], e["variant_id"], e["channel"]
-        else:
-            cid, vid, ch = attribution[e["event_id"]]
-        row = out[(cid, vid, ch, ws)]
-        row[{"view": 0, "click": 1, "purchase": 2}[e["type"]]] += 1
-        if e["type"] == "purchase":
-            row[3] += e["revenue"]
-    return dict(out)
-
-
-def records_by_key(raw: list[tuple[bytes | None, bytes]]) -> dict[tuple, dict[str, Any]]:
-    seen: dict[tuple, dict[str, Any]] = {}
-    for _, value in raw:
-        r = orjson.loads(value)
-        key = (r["campaign_id"], r["variant_id"] or "", r["channel"], r["window_start"])
-        assert key not in seen, f"window record emitted twice: {key}"
-        seen[key] = r
-    return seen
-
-
-async def final_records(bootstrap: str, name: str, n: int) -> dict[tuple, dict[str, Any]]:
-    """Wait for ``n`` records, give a repeat time to show up, then read the whole topic."""
-    await consume_all(bootstrap, name, expected=n, timeout_s=60)
-    await asyncio.sleep(3)
-    return records_by_key(await consume_all(bootstrap, name))
+    return window_truth(events, 10_000, attribution)
 
 
 PART0 = [  # in order; t=15 arrives after t=23 but within grace

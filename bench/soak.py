@@ -1,0 +1,217 @@
+"""Soak: one worker under a steady simulated rate for a long time; does memory or lag creep?
+
+    .venv/bin/python bench/soak.py --minutes 10 --rate 1000     # or: make soak
+
+Starts a local Kafka broker (``stream.broker.KafkaBroker``) and one ``pulse
+worker``, drives ``pulse simulate --via kafka`` at ``--rate`` events per second
+for ``--minutes``, and every ``--interval`` seconds samples the worker's RSS
+(psutil when installed, else ``/proc/<pid>/status``) and its consumer lag (sum
+of ``pulse_consumer_lag`` on ``/metrics``). Prints RSS at start and end, the
+RSS slope (MiB per hour, least-squares fit over the second half of the run) and
+the maximum lag, and writes the samples to ``bench/results/soak-<time>.csv``
+(summary next to it as JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stream.broker import KafkaBroker, free_port  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of ``pid`` in MiB."""
+    try:
+        import psutil
+    except ImportError:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024  # kB
+        raise RuntimeError(f"no VmRSS for pid {pid}") from None
+    return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
+def scrape(url: str) -> tuple[float, float]:
+    """(consumer lag summed over partitions, valid events processed) from ``/metrics``."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    lag = events = 0.0
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "pulse_consumer_lag" and s.labels.get("topic", "").endswith("events"):
+                lag += s.value
+            elif s.name == "pulse_events_total":
+                events += s.value
+    return lag, events
+
+
+def slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope dy/dx."""
+    if len(points) < 3:
+        return 0.0
+    xs, ys = zip(*points, strict=True)
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs) or 1.0
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"worker exited; see {log}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"worker not ready in {timeout_s}s; see {log}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--rate", type=float, default=1000.0, help="events per second")
+    ap.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
+    ap.add_argument("--campaigns", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--kafka-version", default=None)
+    ap.add_argument("--store", choices=["memory", "rocksdb"], default=None, help="PULSE_STORE")
+    args = ap.parse_args()
+
+    seconds = args.minutes * 60
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    csv_path = RESULTS / f"soak-{stamp}.csv"
+    tmp = Path(tempfile.mkdtemp(prefix="pulse-soak-"))
+    broker = KafkaBroker(port=free_port(), data_dir=tmp / "kafka", version=args.kafka_version)
+    broker.start()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(
+        os.environ,
+        PULSE_KAFKA_BOOTSTRAP=broker.bootstrap,
+        PULSE_WEB_PORT=str(port),
+        PULSE_APP_ID="pulse-soak",
+        PULSE_TOPIC_PREFIX="soak.",
+        PULSE_WRITE_KEYS="soak",
+        PULSE_DATA_DIR=str(tmp / "data"),
+        PULSE_LOG_LEVEL="warning",
+    )
+    if args.store:
+        env["PULSE_STORE"] = args.store
+    worker_log, sim_log = tmp / "worker.log", tmp / "simulate.log"
+    worker = sim = None
+    samples: list[tuple[float, float, float, float]] = []  # t_s, rss_mib, lag, events
+    try:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "worker"],
+            env=env,
+            cwd=ROOT,
+            stdout=open(worker_log, "ab"),  # noqa: SIM115 - closed with the process
+            stderr=subprocess.STDOUT,
+        )
+        wait_ready(url, worker, worker_log)
+        sim = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "stream.cli", "simulate", "--via", "kafka"),
+                *("--rate", str(args.rate), "--duration", str(seconds)),
+                *("--campaigns", str(args.campaigns), "--seed", str(args.seed)),
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=open(sim_log, "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        print(
+            f"soak: {args.rate:.0f} ev/s for {args.minutes:g} min; worker pid {worker.pid}, "
+            f"logs in {tmp}",
+            flush=True,
+        )
+        t0 = time.monotonic()
+        with csv_path.open("w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["t_s", "rss_mib", "consumer_lag", "events_total"])
+            while True:
+                t = time.monotonic() - t0
+                if worker.poll() is not None:
+                    raise SystemExit(f"worker died at {t:.0f}s; see {worker_log}")
+                try:
+                    lag, events = scrape(url)
+                except httpx.HTTPError as exc:
+                    print(f"  scrape failed at {t:.0f}s: {exc!r}", flush=True)
+                    lag, events = float("nan"), float("nan")
+                row = (round(t, 1), round(rss_mib(worker.pid), 2), lag, events)
+                samples.append(row)
+                out.writerow(row)
+                f.flush()
+                if len(samples) % 12 == 1:
+                    print(
+                        f"  t={row[0]:6.0f}s rss={row[1]:7.1f} MiB lag={lag:8.0f} "
+                        f"events={events:.0f}",
+                        flush=True,
+                    )
+                if t >= seconds and sim.poll() is not None:
+                    break
+                if t >= seconds + 120:  # the simulator should have ended: do not wait forever
+                    break
+                time.sleep(max(0.0, args.interval - (time.monotonic() - t0 - t)))
+    finally:
+        for proc in (sim, worker):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        broker.stop()
+
+    run = [s for s in samples if s[0] <= seconds]
+    second_half = [(s[0], s[1]) for s in run if s[0] >= seconds / 2]
+    lags = [s[2] for s in samples if s[2] == s[2]]  # drop NaN
+    events = [s[3] for s in run if s[3] == s[3]]
+    summary = {
+        "minutes": args.minutes,
+        "rate": args.rate,
+        "store": env.get("PULSE_STORE", "memory"),
+        "samples": len(samples),
+        "rss_start_mib": run[0][1] if run else None,
+        "rss_end_mib": run[-1][1] if run else None,
+        "rss_max_mib": max((s[1] for s in run), default=None),
+        "rss_slope_mib_per_hour": round(slope(second_half) * 3600, 1),
+        "max_lag": max(lags, default=None),
+        "final_lag": lags[-1] if lags else None,
+        "events_processed": events[-1] if events else None,
+        "processed_rate": round(events[-1] / run[-1][0], 1) if events and run[-1][0] else None,
+        "csv": str(csv_path),
+    }
+    csv_path.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    print(
+        f"soak done: RSS {summary['rss_start_mib']} -> {summary['rss_end_mib']} MiB "
+        f"(max {summary['rss_max_mib']}), slope {summary['rss_slope_mib_per_hour']} MiB/h "
+        f"over the second half; max lag {summary['max_lag']:.0f}, final lag "
+        f"{summary['final_lag']:.0f}; {summary['events_processed']:.0f} events "
+        f"({summary['processed_rate']} ev/s)\nsamples: {csv_path}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
