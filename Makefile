@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-kafka4 lint typecheck check bench clean deps
+.PHONY: demo test test-unit test-kafka4 lint typecheck check bench quality soak clean deps
 
 # Debian packages the tests need: a real Prometheus (tests/integration/test_dashboards.py)
 # and headless Chromium with its driver. Installed by `make deps` when missing.
@@ -64,3 +64,14 @@ clean:
 # QUICK=1: 200k events, a few minutes. Results also go to bench/results/ (git-ignored).
 bench: $(STAMP)
 	$(BIN)/python bench/windowed_counts.py $(if $(QUICK),--quick,)
+
+# Trigger, propensity and bandit quality against the simulator's ground truth, no Kafka
+# (bench/quality.py; a few minutes, QUICK=1: about two). Ends with one QUALITY line.
+quality: $(STAMP)
+	$(BIN)/python bench/quality.py $(if $(QUICK),--quick,)
+
+# One worker under a steady simulated rate: RSS slope and consumer lag (samples in bench/results/).
+SOAK_MINUTES ?= 10
+SOAK_RATE ?= 1000
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE)

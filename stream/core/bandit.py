@@ -4,8 +4,8 @@ Weights are the probability that each variant has the best CTR, estimated by
 sampling the Beta(clicks + 1, views − clicks + 1) posteriors with a generator
 seeded from campaign and window (so a replay gives the same weights). Rails: a
 weight floor, a minimum sample per variant before the first move, a move only
-when some weight changes materially, and a sample-ratio-mismatch (SRM) check
-of the observed split against the weights in force.
+when some weight changes materially (or a variant newly reaches the cap), and a
+sample-ratio-mismatch (SRM) check of the observed split against the weights in force.
 
 >>> b = Allocator(min_views=100, samples=2000)
 >>> w, why = b.propose("c", 0, {"A": (1000, 20), "B": (1000, 60)})
@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 
 def srm_p_value(observed: Mapping[str, int], weights: Mapping[str, float]) -> float:
@@ -94,15 +95,13 @@ class Allocator:
         self, campaign: str, window_start: int, stats: Mapping[str, tuple[int, int]]
     ) -> dict[str, float]:
         seed = hashlib.sha256(f"{campaign}|{window_start}".encode()).digest()
-        rng = random.Random(seed)
+        rng = np.random.default_rng(int.from_bytes(seed[:16], "big"))
         names = sorted(stats)
-        wins = dict.fromkeys(names, 0)
-        for _ in range(self.samples):
-            best = max(
-                names, key=lambda v: rng.betavariate(stats[v][1] + 1, stats[v][0] - stats[v][1] + 1)
-            )
-            wins[best] += 1
-        raw = {v: wins[v] / self.samples for v in names}
+        draws = np.stack(  # one row of posterior samples per variant, all at once
+            [rng.beta(stats[v][1] + 1, stats[v][0] - stats[v][1] + 1, self.samples) for v in names]
+        )
+        wins = np.bincount(draws.argmax(axis=0), minlength=len(names))
+        raw = {v: float(wins[i]) / self.samples for i, v in enumerate(names)}
         floored = {v: max(self.floor, w) for v, w in raw.items()}
         total = sum(floored.values())
         return {v: round(w / total, 4) for v, w in floored.items()}
@@ -117,9 +116,18 @@ class Allocator:
             return {}, "min_sample"
         current = self.weights.get(campaign) or {v: 1 / len(stats) for v in stats}
         weights = self.thompson(campaign, window_start, stats)
-        if max(abs(weights[v] - current.get(v, 0.0)) for v in weights) < self.min_change:
+        moved = max(abs(weights[v] - current.get(v, 0.0)) for v in weights)
+        if moved < self.min_change and not self._settles(weights, current):
             return weights, "no_material_change"
         return weights, None
+
+    def _settles(self, weights: Mapping[str, float], current: Mapping[str, float]) -> bool:
+        """True when a variant newly reaches the cap (all others at the floor).
+
+        Without this, a leader stuck within ``min_change`` of the cap never gets there.
+        """
+        cap = 1 / (1 + self.floor * (len(weights) - 1)) - 0.01
+        return max(weights.values()) >= cap > max(current.values(), default=0.0)
 
     def srm(self, campaign: str, window_views: Mapping[str, int]) -> float:
         current = self.weights.get(campaign) or {v: 1 / len(window_views) for v in window_views}

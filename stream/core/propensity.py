@@ -7,6 +7,14 @@ progressive-validation ROC AUC and log loss, then the model learns. High-intent
 clicks of consenting users become ``user.send_offer`` triggers, rate-capped per
 user.
 
+Features (all observable from the stream): per user lifetime views, clicks,
+purchases and revenue, recency, recent (exponentially decayed) views, clicks
+and purchases, smoothed CTR relative to the partition's and smoothed conversion
+toward the partition's (empirical Bayes), the campaign's smoothed conversion,
+unlabelled clicks in flight, hour of day, and one-hots of channel, campaign and
+RFM segment. Only the numeric features are standardised (a one-hot seen only
+as 1 would scale to 0); logistic regression learns with a 1/√t step size.
+
 >>> m = PropensityModel(attribution_ms=60_000, min_labels=0, min_score=0.0)
 >>> click = {"type": "click", "ts": 0, "user_id": "u", "campaign_id": "c",
 ...          "channel": "web", "consent": {"marketing": True}}
@@ -32,6 +40,26 @@ from river import cluster, compose, linear_model, metrics, optim, preprocessing
 from stream.core.triggers import trigger_id
 
 DAY_MS = 86_400_000
+RECENT_MS = 600_000  # time constant of the decayed "recent" counts (10 min)
+PRIOR_CLICKS = 5.0  # pseudo-clicks shrinking a user's conversion toward the partition's
+PRIOR_CAMPAIGN = 20.0  # pseudo-clicks shrinking a campaign's conversion
+NUMERIC = (
+    "recency_h",
+    "views",
+    "clicks",
+    "purchases",
+    "monetary",
+    "user_ctr",
+    "user_cvr",
+    "campaign_cvr",
+    "recent_views",
+    "recent_clicks",
+    "recent_purchases",
+    "in_flight",
+    "hour_sin",
+    "hour_cos",
+)
+_NUMERIC = frozenset(NUMERIC)
 SEGMENTS = 4  # bounded: segment ids label metrics
 
 
@@ -50,11 +78,27 @@ def model_factory(
     )
 
 
-def new_model() -> compose.Pipeline:
+def numeric(x: dict[str, float]) -> dict[str, float]:
+    """The numeric features of ``x`` (``compose.Select`` would fail on a missing one)."""
+    return {k: v for k, v in x.items() if k in _NUMERIC}
+
+
+def new_model(lr: float = 0.02) -> compose.Pipeline:
+    """Scaled numeric features plus raw one-hots → logistic regression, step ``lr/√t``."""
+    scaled = compose.FuncTransformer(numeric) | preprocessing.StandardScaler()
     return compose.Pipeline(
-        preprocessing.StandardScaler(),
-        linear_model.LogisticRegression(optimizer=optim.SGD(0.05)),
+        compose.TransformerUnion(scaled, compose.Discard(*NUMERIC)),
+        linear_model.LogisticRegression(
+            optimizer=optim.SGD(optim.schedulers.InverseScaling(lr, power=0.5))
+        ),
     )
+
+
+_NEW: list[Any] = [0, 0, 0, 0.0, None, 0.0, 0.0, 0.0]  # a user never seen
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
 
 
 @dataclass
@@ -65,7 +109,13 @@ class OfferOutput:
 
 
 class PropensityModel:
-    """Per-partition user state, model, pending labels and offer rails."""
+    """Per-partition user state, model, pending labels and offer rails.
+
+    Per-user state lives only in ``users`` (counters, last event time, decayed
+    recent counts), ``engaged``, ``segments``, ``pending`` / ``pending_users``
+    and ``last_offer``; :meth:`erase_user` clears all of them. ``totals`` and
+    ``campaign_stats`` are per partition and per campaign, never per user.
+    """
 
     def __init__(
         self,
@@ -82,22 +132,31 @@ class PropensityModel:
         self.window_ms = window_ms
         self.model = new_model()
         self.segmenter = cluster.KMeans(n_clusters=SEGMENTS, halflife=0.1, sigma=1.0, seed=7)
+        # River draws the random starting centers lazily, per feature, in set order (which
+        # varies with PYTHONHASHSEED): draw them in a fixed order so every process agrees.
+        for center in self.segmenter.centers.values():
+            for key in ("r", "f", "m"):
+                _ = center[key]
         self.segments: dict[str, int] = {}  # user -> segment as of their last click/purchase
         self.rocauc = metrics.ROCAUC()
         self.logloss = metrics.LogLoss()
         self.labels = 0
-        self.users: dict[
-            str, list[Any]
-        ] = {}  # user -> [views, clicks, purchases, revenue, last_ts]
+        # user -> [views, clicks, purchases, revenue, last_ts, recent views, recent clicks,
+        # recent purchases]; the recent counts decay with RECENT_MS from last_ts
+        self.users: dict[str, list[Any]] = {}
+        self.totals = [0, 0, 0]  # views, clicks, purchases of the partition
+        self.campaign_stats: dict[str, list[int]] = {}  # campaign -> [clicks, purchases]
         self.engaged: dict[str, dict[str, int]] = {}  # user -> campaign -> clicks
-        self.pending: deque[tuple[int, str, dict[str, float], float]] = deque()
-        self.pending_users: dict[str, int] = {}
+        # unlabelled clicks [ts, user, features, score] in arrival order, and the same
+        # entries per user; a purchase labels the user's entries (user set to None)
+        self.pending: deque[list[Any]] = deque()
+        self.pending_users: dict[str, list[list[Any]]] = {}
         self.last_offer: dict[str, int] = {}
         self.max_ts = 0
 
     def rfm(self, user: str, ts: int) -> dict[str, float]:
         """Recency (days, capped at 30), frequency and monetary of a user, log-scaled."""
-        _views, clicks, purchases, revenue, last_ts = self.users.get(user) or [0, 0, 0, 0.0, None]
+        _views, clicks, purchases, revenue, last_ts = (self.users.get(user) or _NEW)[:5]
         recency = min(30.0, (ts - last_ts) / DAY_MS) if last_ts is not None else 30.0
         return {
             "r": recency / 30.0,
@@ -117,8 +176,20 @@ class PropensityModel:
         return seg
 
     def features(self, user: str, event: dict[str, Any]) -> dict[str, float]:
-        views, clicks, purchases, revenue, last_ts = self.users.get(user) or [0, 0, 0, 0.0, None]
+        """The user's features at this event (before it updates their state)."""
+        state = self.users.get(user) or _NEW
+        views, clicks, purchases, revenue, last_ts, r_views, r_clicks, r_buys = state
         ts = event["ts"]
+        if last_ts is not None:
+            decay = math.exp(-(ts - last_ts) / RECENT_MS)
+            r_views, r_clicks, r_buys = r_views * decay, r_clicks * decay, r_buys * decay
+        all_views, all_clicks, all_buys = self.totals
+        ctr = (all_clicks + 1) / (all_views + 20)
+        cvr = (all_buys + 1) / (all_clicks + 10)
+        user_cvr = (purchases + PRIOR_CLICKS * cvr) / (clicks + PRIOR_CLICKS)
+        cid = event.get("campaign_id")
+        c_clicks, c_buys = self.campaign_stats.get(cid or "") or (0, 0)
+        campaign_cvr = (c_buys + PRIOR_CAMPAIGN * cvr) / (c_clicks + PRIOR_CAMPAIGN)
         hour = (ts // 3_600_000) % 24
         x = {
             "recency_h": min(48.0, (ts - last_ts) / 3_600_000) if last_ts is not None else 48.0,
@@ -126,13 +197,17 @@ class PropensityModel:
             "clicks": math.log1p(clicks),
             "purchases": math.log1p(purchases),
             "monetary": math.log1p(revenue),
-            "user_ctr": clicks / (views + 1),
-            "user_cvr": purchases / (clicks + 1),
+            "user_ctr": math.log((clicks + 1) / (views * ctr + 1)),
+            "user_cvr": _logit(min(0.99, user_cvr)),
+            "campaign_cvr": _logit(min(0.99, campaign_cvr)),
+            "recent_views": math.log1p(r_views),
+            "recent_clicks": math.log1p(r_clicks),
+            "recent_purchases": math.log1p(r_buys),
+            "in_flight": math.log1p(len(self.pending_users.get(user, ()))),
             "hour_sin": math.sin(2 * math.pi * hour / 24),
             "hour_cos": math.cos(2 * math.pi * hour / 24),
             f"channel={event.get('channel', 'web')}": 1.0,
         }
-        cid = event.get("campaign_id")
         if cid:
             x[f"campaign={cid}"] = 1.0
         segment = self.segments[user] = self.segment(user, ts)
@@ -150,8 +225,9 @@ class PropensityModel:
             x = self.features(user, event)
             p = float(self.model.predict_proba_one(x).get(True, 0.0))
             out.score = p
-            self.pending.append((ts, user, x, p))
-            self.pending_users[user] = self.pending_users.get(user, 0) + 1
+            entry = [ts, user, x, p]
+            self.pending.append(entry)
+            self.pending_users.setdefault(user, []).append(entry)
             cid = event.get("campaign_id")
             if cid:
                 per = self.engaged.setdefault(user, {})
@@ -163,47 +239,90 @@ class PropensityModel:
             self.segmenter.learn_one(self.rfm(user, ts))
             if etype == "purchase":
                 self.segments.pop(user, None)  # RFM changed: recompute on next use
-        state = self.users.get(user)
-        if state is None:
-            state = self.users[user] = [0, 0, 0, 0.0, None]
-        if etype == "view":
-            state[0] += 1
-        elif etype == "click":
-            state[1] += 1
-        else:
-            state[2] += 1
-            state[3] += float(event.get("revenue") or 0.0)
-        state[4] = ts
+        self._update_user(user, event)
         self.expire()
         return out
 
-    def _learn(self, x: dict[str, float], p: float, y: bool) -> None:
+    def _update_user(self, user: str, event: dict[str, Any]) -> None:
+        ts = event["ts"]
+        state = self.users.get(user)
+        if state is None:
+            state = self.users[user] = [0, 0, 0, 0.0, ts, 0.0, 0.0, 0.0]
+        elif ts != state[4]:
+            decay = math.exp(-(ts - state[4]) / RECENT_MS)
+            state[5] *= decay
+            state[6] *= decay
+            state[7] *= decay
+        etype = event["type"]
+        totals = self.totals
+        if etype == "view":
+            state[0] += 1
+            state[5] += 1.0
+            totals[0] += 1
+        else:
+            i = 1 if etype == "click" else 2
+            state[i] += 1
+            state[5 + i] += 1.0
+            totals[i] += 1
+            cid = event.get("campaign_id")
+            if cid:
+                per = self.campaign_stats.get(cid)
+                if per is None:
+                    per = self.campaign_stats[cid] = [0, 0]
+                per[i - 1] += 1
+            if i == 2:
+                state[3] += float(event.get("revenue") or 0.0)
+        state[4] = ts
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint, including one pickled before the decayed counts existed."""
+        self.__dict__.update(state)
+        self.__dict__.setdefault("totals", [0, 0, 0])
+        self.__dict__.setdefault("campaign_stats", {})
+        if any(isinstance(n, int) for n in self.pending_users.values()):  # counts, not entries
+            self.pending = deque(list(item) for item in self.pending)
+            self.pending_users = {}
+            for entry in self.pending:
+                self.pending_users.setdefault(entry[1], []).append(entry)
+        for row in self.users.values():
+            if len(row) < len(_NEW):
+                row.extend([0.0] * (len(_NEW) - len(row)))
+
+    def _learn(self, ts: int, user: str, x: dict[str, float], p: float, y: bool) -> None:
+        """One delayed label for the click of ``user`` at ``ts`` scored ``p``."""
         self.rocauc.update(y, p)
         self.logloss.update(y, p)
         self.model.learn_one(x, y)
         self.labels += 1
 
     def _label_user(self, user: str, ts: int) -> None:
-        keep: deque[tuple[int, str, dict[str, float], float]] = deque()
-        for item in self.pending:
-            if item[1] == user and 0 <= ts - item[0] <= self.attribution_ms:
-                self._learn(item[2], item[3], True)
+        """The user's clicks inside the attribution window before ``ts`` are positives."""
+        keep = []
+        for entry in self.pending_users.pop(user, ()):
+            if 0 <= ts - entry[0] <= self.attribution_ms:
+                self._learn(entry[0], user, entry[2], entry[3], True)
+                entry[1] = entry[2] = None  # labelled: expire() drops it
             else:
-                keep.append(item)
-        self.pending = keep
-        self.pending_users.pop(user, None)
+                keep.append(entry)
+        if keep:
+            self.pending_users[user] = keep
 
     def expire(self) -> None:
         """Clicks whose attribution window passed without a purchase are negatives."""
         cutoff = self.max_ts - self.attribution_ms
         pending = self.pending
-        while pending and pending[0][0] < cutoff:
-            ts, user, x, p = pending.popleft()
-            self._learn(x, p, False)
-            left = self.pending_users.get(user, 1) - 1
-            if left > 0:
-                self.pending_users[user] = left
-            else:
+        while pending and (pending[0][0] < cutoff or pending[0][1] is None):
+            entry = pending.popleft()
+            ts, user, x, p = entry
+            if user is None:
+                continue  # labelled positive by a purchase
+            self._learn(ts, user, x, p, False)
+            mine = self.pending_users.get(user) or []
+            for i, other in enumerate(mine):  # by identity: usually the first
+                if other is entry:
+                    del mine[i]
+                    break
+            if not mine:
                 self.pending_users.pop(user, None)
                 if (
                     self.max_ts - (self.users.get(user) or [0, 0, 0, 0, ts])[4]
@@ -212,6 +331,23 @@ class PropensityModel:
                     self.users.pop(user, None)  # bounded memory: forget idle users
                     self.engaged.pop(user, None)
                     self.segments.pop(user, None)
+
+    def erase_user(self, user: str) -> bool:
+        """Forget everything held about ``user`` (``pulse erase``); True if anything was held.
+
+        Removes the user's counters, engagement, segment, offer cap and pending
+        (unlabelled) clicks with their features. The learned weights are not
+        per-user and stay. New per-user state must be removed here too
+        (tests/stream/core/test_privacy.py checks the pickled model).
+        """
+        held = False
+        maps = (self.users, self.engaged, self.segments, self.pending_users, self.last_offer)
+        for per_user in maps:
+            held = per_user.pop(user, None) is not None or held
+        if any(item[1] == user for item in self.pending):
+            self.pending = deque(item for item in self.pending if item[1] != user)
+            held = True
+        return held
 
     def _maybe_offer(self, user: str, event: dict[str, Any], p: float, out: OfferOutput) -> None:
         if p < self.min_score:

@@ -214,6 +214,18 @@ class SimTruth:
     revenue: dict[tuple[str, str], float] = field(default_factory=dict)
     malformed_reasons: Counter[str] = field(default_factory=Counter)
     purchases_without_campaign: int = 0
+    #: click event_id -> its true purchase probability (user propensity × campaign factor);
+    #: filled only by ``Simulator(cfg, click_truth=True)``
+    click_propensity: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def drop_start_ms(self) -> int | None:
+        """Simulated ms (after ``start_ms``) when the ``ctr-drop`` collapse begins."""
+        return self.change_window_ms[0] if self.drop_campaign and self.change_window_ms else None
+
+    def best_variant(self, campaign_id: str) -> str:
+        """The variant with the highest true CTR of a campaign."""
+        return self.campaigns[campaign_id].best_variant
 
     @property
     def drop_campaign(self) -> str | None:
@@ -288,8 +300,10 @@ class Simulator:
     :meth:`batches` can be iterated more than once and yields identical batches.
     """
 
-    def __init__(self, cfg: SimConfig) -> None:
+    def __init__(self, cfg: SimConfig, *, click_truth: bool = False) -> None:
+        """``click_truth`` fills :attr:`SimTruth.click_propensity` (one entry per click)."""
         self.cfg = cfg
+        self.click_truth = click_truth
         rng = random.Random(cfg.seed)
         self._run = _base36(cfg.start_ms)
         self.campaigns = self._make_campaigns(rng)
@@ -422,6 +436,7 @@ class Simulator:
         rand = rng.random
         expo = rng.expovariate
         self.truth = truth = self._new_truth()
+        click_propensity = truth.click_propensity if self.click_truth else None
         kinds, counts, late_counts, revenue = (
             truth.kinds,
             truth.counts,
@@ -527,7 +542,10 @@ class Simulator:
                 cev = make_event("click", ct, cemit, user, c, var, chan)
                 seq += 1
                 push(heap, (cemit, seq, "valid", cev, user.key_bytes, (c, var, 1), None, None))
-                if rand() >= min(0.95, user.propensity * factors[c]):
+                p_buy = min(0.95, user.propensity * factors[c])
+                if click_propensity is not None:
+                    click_propensity[cev["event_id"]] = p_buy
+                if rand() >= p_buy:
                     continue
                 pt = ct + min(
                     _PURCHASE_MIN_MS + int(expo(1.0 / _PURCHASE_MEAN_EXTRA_MS)), _PURCHASE_MAX_MS

@@ -89,3 +89,14 @@ def test_sample_ratio_mismatch_blocks_a_move() -> None:
     out = s.add(window(0, 10, 200, a_views=1000, b_views=3000), now_ms=1)
     assert ("variant_allocation", "srm") in out.held
     assert not [t for t in out.triggers if t["action"] == "campaign.reallocate"]
+
+
+def test_a_leader_just_short_of_the_cap_still_settles_on_it() -> None:
+    a = Allocator(floor=0.05, min_views=100, min_change=0.1)
+    a.weights["c"] = {"A": 0.14, "B": 0.86}  # within min_change of the 0.95 cap
+    weights, why = a.propose("c", 0, {"A": (50_000, 1000), "B": (50_000, 1500)})
+    assert why is None and weights["B"] > 0.94
+    a.weights["c"] = weights
+    assert a.propose("c", 60_000, {"A": (60_000, 1200), "B": (60_000, 1800)})[1] == (
+        "no_material_change"
+    )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 
 from stream.core.propensity import PropensityModel
 
@@ -103,3 +106,92 @@ def test_segments_are_bounded_and_separate_buyers_from_browsers() -> None:
     assert buyers | browsers <= set(range(4))
     assert buyers.isdisjoint(browsers)
     assert any(k.startswith("segment=") for k in m.features("buyer1", click(t, "buyer1")))
+
+
+def test_recent_counts_decay_and_lifetime_counts_do_not() -> None:
+    m = PropensityModel(attribution_ms=10 * MIN, min_labels=10**9)
+    for i in range(5):
+        m.on_event(view(i * 1000, "a"))
+    m.on_event(click(5_000, "a"))
+    now = m.features("a", click(6_000, "a"))
+    later = m.features("a", click(6_000 + 60 * MIN, "a"))
+    assert now["views"] == later["views"] > 0
+    assert now["recent_views"] > 1.5 and later["recent_views"] < 0.05
+    assert now["recent_clicks"] > later["recent_clicks"]
+    assert now["in_flight"] > 0  # the first click is still waiting for its label
+
+
+def test_one_hot_features_are_learned_not_scaled_away() -> None:
+    m = PropensityModel(attribution_ms=MIN, min_labels=10**9)
+    t = 0
+    for i in range(400):
+        cid = "good" if i % 2 else "bad"
+        m.on_event(click(t, f"u{i}", cid=cid))
+        if cid == "good":
+            m.on_event(purchase(t + 1000, f"u{i}"))
+        t += 10_000
+    weights = m.model[-1].weights
+    assert weights["campaign=good"] > weights["campaign=bad"]
+    good = m.model.predict_proba_one(m.features("new1", click(t, "new1", cid="good")))[True]
+    bad = m.model.predict_proba_one(m.features("new2", click(t, "new2", cid="bad")))[True]
+    assert good > bad
+
+
+def test_repeat_buyers_score_above_browsers() -> None:
+    m = PropensityModel(attribution_ms=10 * MIN, min_labels=10**9)
+    for i in range(300):
+        t = i * MIN
+        m.on_event(click(t, f"buyer{i % 10}"))
+        m.on_event(purchase(t + 1000, f"buyer{i % 10}"))
+        m.on_event(click(t + 2000, f"browser{i % 10}"))
+    t = 300 * MIN
+    buyer = m.model.predict_proba_one(m.features("buyer1", click(t, "buyer1")))[True]
+    browser = m.model.predict_proba_one(m.features("browser1", click(t, "browser1")))[True]
+    assert buyer > browser
+    assert m.rocauc.get() > 0.8
+
+
+def test_checkpoint_from_before_the_recent_counts_restores() -> None:
+    m = PropensityModel(attribution_ms=10 * MIN, min_labels=10**9)
+    m.on_event(click(0, "a"))
+    state = m.__dict__.copy()
+    state["users"] = {"a": [0, 1, 0, 0.0, 0]}  # the old five-field row
+    del state["totals"], state["campaign_stats"]
+    old = PropensityModel.__new__(PropensityModel)
+    old.__setstate__(state)
+    assert old.on_event(click(MIN, "a")).score is not None
+    assert old.users["a"][1] == 2 and len(old.users["a"]) == 8
+
+
+def test_model_scores_a_partial_feature_object() -> None:
+    # what POST /v1/models/propensity/score sends: some features, one-hots as given
+    m = PropensityModel(attribution_ms=10 * MIN, min_labels=10**9)
+    for i in range(20):
+        m.on_event(click(i * MIN, f"u{i}"))
+    m.on_event(view(60 * MIN, "z"))
+    x = {"recency_h": 2.0, "purchases": 1.2, "user_cvr": 0.7, "channel=web": 1.0}
+    p = m.model.predict_proba_one(x)[True]
+    assert 0.0 < p < 1.0
+    assert pickle.loads(pickle.dumps(m.model)).predict_proba_one(x)[True] == p
+    assert m.model[0].transform_one(x)["channel=web"] == 1.0
+
+
+def test_segments_do_not_depend_on_the_hash_seed() -> None:
+    code = (
+        "from stream.core.propensity import PropensityModel\n"
+        "m = PropensityModel(attribution_ms=600_000)\n"
+        "m.on_event({'type': 'click', 'ts': 0, 'user_id': 'u', 'campaign_id': 'c'})\n"
+        "print(sorted((k, [round(v, 9) for _, v in sorted(c.items())]) "
+        "for k, c in m.segmenter.centers.items()))\n"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("0", "1", "2")
+    }
+    assert len(outs) == 1

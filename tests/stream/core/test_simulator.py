@@ -392,3 +392,26 @@ def test_surge_triples_rate_in_the_middle_third() -> None:
 def test_rfc3339_helper() -> None:
     assert rfc3339(0) == "1970-01-01T00:00:00.000Z"
     assert to_ms(rfc3339(1_714_564_800_250)) == 1_714_564_800_250
+
+
+def test_truth_has_the_true_purchase_probability_of_every_click() -> None:
+    cfg = SimConfig(rate=300, duration_s=600, seed=3, scenario="ctr-drop")
+    sim = Simulator(cfg, click_truth=True)
+    stamped = [(b.at_ms, i) for b in sim.batches() for i in b.items]
+    clicks = [i.event for _, i in stamped if i.kind == "valid" and i.event["type"] == "click"]
+    truth = sim.truth
+    assert clicks and all(c["event_id"] in truth.click_propensity for c in clicks)
+    factor = {cid: c.purchase_factor for cid, c in truth.campaigns.items()}
+    for c in clicks[:200]:
+        user = c.get("user_id") or c["anonymous_id"]
+        expected = min(0.95, truth.propensity[user] * factor[c["campaign_id"]])
+        assert truth.click_propensity[c["event_id"]] == expected
+    assert truth.drop_start_ms == 300_000 and truth.drop_campaign == "cmp-001"
+    assert all(truth.best_variant(cid) == c.best_variant for cid, c in truth.campaigns.items())
+    again = Simulator(cfg, click_truth=True)
+    assert [i.value for b in again.batches() for i in b.items] == [i.value for _, i in stamped]
+    assert again.truth.click_propensity == truth.click_propensity
+    plain, items = run(cfg)  # off by default: a long live run keeps no per-click table
+    assert plain.truth.click_propensity == {} and plain.truth.counts == truth.counts
+    assert [i.value for _, i in items] == [i.value for _, i in stamped]  # same bytes
+    assert Simulator(SimConfig(duration_s=5)).truth.drop_start_ms is None
