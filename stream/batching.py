@@ -104,7 +104,7 @@ class BatchConsumer(AIOKafkaConsumer):
         since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
-                direct: dict[Any, Any] = {}  # per fetch: tp -> queues of raw-message topics
+                direct: dict[Any, Any] = {}  # per fetch: tp -> queue of its raw-message topic
                 set_flag(CONSUMER_FETCHING)
                 ait = getmany(timeout=1.0)
                 await self.sleep(0)
@@ -127,12 +127,11 @@ class BatchConsumer(AIOKafkaConsumer):
                         if suspended() or not flow_active():
                             await self.wait_first(callback(message), self.suspend_flow.wait())
                         else:
-                            queues = direct.get(tp, _UNKNOWN)
-                            if queues is _UNKNOWN:
-                                queues = direct[tp] = _raw_queues(channels_of(tp, ()))
-                            if queues is not None and not any(q.full() for q in queues):
-                                for q in queues:  # raw-message topics: no conductor, no decode
-                                    q.put_nowait(message)
+                            queue = direct.get(tp, _UNKNOWN)
+                            if queue is _UNKNOWN:
+                                queue = direct[tp] = _raw_queue(channels_of(tp, ()))
+                            if queue is not None and not queue.full():
+                                queue.put_nowait(message)  # no conductor, no decode coroutine
                             elif not any(ch.queue.full() for ch in channels_of(tp, ())):
                                 await callback(message)
                             else:
@@ -154,11 +153,11 @@ class BatchConsumer(AIOKafkaConsumer):
 _UNKNOWN = object()
 
 
-def _raw_queues(channels: Iterable[Any]) -> tuple[Any, ...] | None:
-    """The queues of ``channels`` when every one is a :class:`MessageTopic`, else None."""
+def _raw_queue(channels: Iterable[Any]) -> Any:
+    """The queue of the only channel when it is a :class:`MessageTopic`, else None."""
     channels = tuple(channels)
-    if channels and all(isinstance(ch, MessageTopic) for ch in channels):
-        return tuple(ch.queue for ch in channels)
+    if len(channels) == 1 and isinstance(channels[0], MessageTopic):
+        return channels[0].queue
     return None
 
 

@@ -59,7 +59,9 @@ class PartitionWindows:
         """Count one valid event; return its row key, or ``late`` / ``unattributed``."""
         ts = event["ts"]
         ws = ts - ts % self.size_ms
-        if ws + self.size_ms <= self.closed_until:
+        # Late against the watermark as of this event, not as of the last close():
+        # the decision must not depend on where batch boundaries fall (replays).
+        if ws + self.size_ms <= max(self.closed_until, self.max_ts - self.grace_ms):
             return "late"
         etype = event["type"]
         user = event.get("user_id") or event.get("anonymous_id") or ""
