@@ -20,6 +20,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from schemas import load_schema
+
 pytestmark = pytest.mark.integration
 
 KEY = "fuzz-write-key-Q7Z9"
@@ -45,26 +47,7 @@ json_values = st.recursive(
 user_ids = st.text(string.ascii_letters + string.digits + "-_", min_size=1, max_size=20).map(
     lambda s: MARK + s
 )
-FIELDS = [
-    "event_id",
-    "type",
-    "event_time",
-    "sent_at",
-    "user_id",
-    "anonymous_id",
-    "campaign_id",
-    "variant_id",
-    "channel",
-    "session_id",
-    "order_id",
-    "revenue",
-    "currency",
-    "consent",
-    "context",
-    "properties",
-    "received_at",
-    "unknown",
-]
+FIELDS = [*load_schema("event")["properties"], "unknown"]  # every schema field, and one more
 
 
 @st.composite

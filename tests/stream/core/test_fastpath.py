@@ -43,26 +43,7 @@ values = st.one_of(
     ),
     st.lists(scalars, max_size=2),
 )
-FIELDS = [
-    "event_id",
-    "type",
-    "event_time",
-    "sent_at",
-    "user_id",
-    "anonymous_id",
-    "campaign_id",
-    "variant_id",
-    "channel",
-    "session_id",
-    "order_id",
-    "revenue",
-    "currency",
-    "consent",
-    "context",
-    "properties",
-    "received_at",
-    "unknown",
-]
+FIELDS = [*load_schema("event")["properties"], "unknown"]  # every schema field, and one more
 BASE = {"event_id": "e1", "type": "click", "event_time": 1000, "user_id": "u", "campaign_id": "c"}
 
 
