@@ -20,9 +20,10 @@ import faust
 import orjson
 
 from stream.app import Runtime
-from stream.batching import ack_all, message_batches
+from stream.batching import ack_all, message_batches, partition_progress
 from stream.core.ingest import RawRecord, dlq_record
 from stream.core.merge import encode_windows
+from stream.core.progress import caught_up
 from stream.producer import until_written
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ def register(app: faust.App, rt: Runtime) -> Any:
             ],
         )
         snapshot = partitions if not idle else {p for p, _, _ in partials}
+        if idle and snapshot:
+            log.info("idle partitions %s caught up: windows closed on the wall clock", snapshot)
         snapshots: Changelog = {}
         clicks: Changelog = {}
         for p in snapshot:
@@ -135,6 +138,9 @@ def register(app: faust.App, rt: Runtime) -> Any:
     async def ingest() -> None:
         async for messages in message_batches(events_topic, s.batch_size):
             async with rt.lock:
+                processed = rt.processed_offsets
+                for m in messages:  # every record, also duplicates and invalid ones
+                    processed[m.partition] = m.offset
                 try:
                     await handle(messages)
                 except Exception as exc:  # a bug must not stop the worker: DLQ the batch
@@ -159,15 +165,30 @@ def register(app: faust.App, rt: Runtime) -> Any:
 
     @app.timer(interval=1.0)
     async def close_idle_partitions() -> None:
-        """Idle partitions close their windows on the wall clock."""
+        """Idle partitions close their windows on the wall clock, once caught up.
+
+        Idle means no valid event for window + grace seconds *and* nothing left
+        to process (:func:`stream.core.progress.caught_up`): a backlog after a
+        restart or a rebalance is processed first, never turned late.
+        """
         if not rt.recovered:
             return
-        now = time.monotonic()
         events = s.topic("events")
-        owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == events}
-        idle = {p for p in owned if (now - rt.last_activity.setdefault(p, now)) * 1000 >= idle_ms}
-        if idle:
-            async with rt.lock:
+        async with rt.lock:  # not in the middle of a batch
+            now = time.monotonic()
+            now_ms = int(time.time() * 1000)
+            owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == events}
+            idle = {
+                p
+                for p in owned
+                if (now - rt.last_activity.setdefault(p, now)) * 1000 >= idle_ms
+                and caught_up(
+                    **partition_progress(app, events, p),
+                    processed=rt.processed_offsets.get(p),
+                    now_ms=now_ms,
+                )
+            }
+            if idle:
                 await publish(idle, idle=True)
 
     return ingest

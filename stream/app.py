@@ -52,6 +52,7 @@ class Runtime:
     recovered: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_activity: dict[int, float] = field(default_factory=dict)
+    processed_offsets: dict[int, int] = field(default_factory=dict)  # last offset per partition
     last_checkpoint: float = 0.0
     campaign_settings: CampaignSettingsStore = field(default_factory=CampaignSettingsStore)
     campaigns: CampaignView = field(default_factory=CampaignView)
@@ -209,10 +210,11 @@ def create_app(settings: Settings) -> faust.App:
 
     async def _revoked(app: Any, revoked: Any = (), **kwargs: Any) -> None:
         events = settings.topic("events")
+        gone = [tp.partition for tp in revoked if tp.topic == events]
+        for p in gone:
+            rt.processed_offsets.pop(p, None)
         if rt._stage is not None:
-            rt._stage.ingestor.dedup.forget_partitions(
-                tp.partition for tp in revoked if tp.topic == events
-            )
+            rt._stage.ingestor.dedup.forget_partitions(gone)
 
     app.on_partitions_revoked.connect(_revoked)  # type: ignore[arg-type]
 

@@ -16,6 +16,9 @@ from typing import Any
 import faust
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.types import TP
+
+from stream.core.progress import Progress
 
 
 class MessageTopic(faust.Topic):
@@ -164,3 +167,22 @@ def _raw_queue(channels: Iterable[Any]) -> Any:
 def use_batch_consumer(app: faust.App) -> None:
     """Make ``app`` create :class:`BatchConsumer` (call before the worker starts)."""
     app.transport.Consumer = BatchConsumer  # type: ignore[misc]
+
+
+def partition_progress(app: faust.App, topic: str, partition: int) -> Progress:
+    """What the consumer knows of a partition, for :func:`stream.core.progress.caught_up`."""
+    consumer = app.consumer
+    tp = TP(topic, partition)
+    try:
+        kafka = consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+        state = kafka._subscription.subscription.assignment.state_value(tp)
+    except Exception:  # not started, or rebalancing: nothing is known
+        state = None
+    if state is None:
+        return {"highwater": None, "polled_ms": None, "position": None, "committed": None}
+    return {
+        "highwater": state.highwater,
+        "polled_ms": state.timestamp,
+        "position": state.position if state.has_valid_position else None,
+        "committed": consumer._committed_offset.get(tp),  # type: ignore[attr-defined]
+    }

@@ -51,6 +51,7 @@ ENV = {
     "PULSE_ATTRIBUTION_WINDOW": "1h",
     "BROKER_SESSION_TIMEOUT": "10",
     "BROKER_HEARTBEAT_INTERVAL": "1",
+    "PULSE_LOG_LEVEL": "info",  # worker-*.log in the test's tmp dir tell what happened
 }
 
 
