@@ -21,13 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from stream import workerproc  # noqa: E402
 from stream.broker import KafkaBroker, free_port  # noqa: E402
 from stream.config import Settings  # noqa: E402
 from stream.core.simulator import SimConfig  # noqa: E402
@@ -79,22 +79,12 @@ def slope(points: list[tuple[float, int]]) -> float:
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "worker"],
-        env=env,
-        cwd=ROOT,
-        stdout=open(log, "ab"),  # noqa: SIM115 - closed with the process
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{env['PULSE_WEB_PORT']}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"worker not ready; see {log}")
+    proc = workerproc.start_worker(env, log, cwd=ROOT)
+    try:
+        workerproc.wait_ready(f"http://127.0.0.1:{env['PULSE_WEB_PORT']}", proc, timeout_s=120)
+    except workerproc.WorkerNotReady as exc:
+        raise SystemExit(f"{exc}; see {log}") from None
+    return proc
 
 
 async def run_rate(settings: Settings, url: str, rate: float, seconds: float, seed: int) -> dict:

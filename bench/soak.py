@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stream.broker import KafkaBroker, free_port  # noqa: E402
+from stream.workerproc import WorkerNotReady, start_worker, wait_ready  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -71,20 +72,6 @@ def slope(points: list[tuple[float, float]]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"worker exited; see {log}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"worker not ready in {timeout_s}s; see {log}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -121,14 +108,11 @@ def main() -> None:
     worker = sim = None
     samples: list[tuple[float, float, float, float]] = []  # t_s, rss_mib, lag, events
     try:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "worker"],
-            env=env,
-            cwd=ROOT,
-            stdout=open(worker_log, "ab"),  # noqa: SIM115 - closed with the process
-            stderr=subprocess.STDOUT,
-        )
-        wait_ready(url, worker, worker_log)
+        worker = start_worker(env, worker_log, cwd=ROOT)
+        try:
+            wait_ready(url, worker, timeout_s=120)
+        except WorkerNotReady as exc:
+            raise SystemExit(f"{exc}; see {worker_log}") from None
         sim = subprocess.Popen(
             [
                 *(sys.executable, "-m", "stream.cli", "simulate", "--via", "kafka"),

@@ -63,7 +63,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -76,6 +75,7 @@ sys.path.insert(0, str(ROOT))
 from stream.broker import KafkaBroker, free_port  # noqa: E402
 from stream.config import Settings  # noqa: E402
 from stream.topics import ensure_topics  # noqa: E402
+from stream.workerproc import WorkerNotReady, start_worker, wait_ready  # noqa: E402
 
 WINDOW_MS = 60_000
 GRACE_MS = 5_000
@@ -719,28 +719,16 @@ def pulse_env(bootstrap: str, tmp: Path) -> dict[str, str]:
 
 
 async def pulse_start(env: dict[str, str], tmp: Path) -> tuple[subprocess.Popen[bytes], float]:
-    logf = open(tmp / "pulse.log", "ab")  # noqa: SIM115 - lives as long as the worker
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "worker"],
-        env=env,
-        cwd=ROOT,
-        stdout=logf,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{env['PULSE_WEB_PORT']}/readyz"
-    deadline = time.monotonic() + 120
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"pulse worker exited with {proc.returncode}: {_tail(tmp, 'pulse')}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(url, timeout=2)).status_code == 200:
-                    return proc, time.monotonic()
-            await asyncio.sleep(0.1)
-    _stop(proc)
-    raise TimeoutError(f"pulse worker not ready within 120 s: {_tail(tmp, 'pulse')}")
+    proc = start_worker(env, tmp / "pulse.log", cwd=ROOT)
+    url = f"http://127.0.0.1:{env['PULSE_WEB_PORT']}"
+    try:
+        ready = await asyncio.to_thread(
+            wait_ready, url, proc, 120, 0.1, lambda: f": {_tail(tmp, 'pulse')}"
+        )
+    except WorkerNotReady:
+        _stop(proc)
+        raise
+    return proc, ready
 
 
 def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:

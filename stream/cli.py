@@ -120,26 +120,11 @@ def _set_parent_death_signal() -> None:
     pdeath()
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 90.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"pulse: the worker exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"pulse: the worker was not ready at {url}/readyz within {timeout_s:.0f}s")
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from stream.broker import KafkaBroker, free_port
     from stream.core.simulator import SimConfig
     from stream.simulate import run_simulation
+    from stream.workerproc import WorkerNotReady, start_worker, wait_ready
 
     env = dict(os.environ)
     broker = None
@@ -156,14 +141,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     env.setdefault("PULSE_GRACE", "5s")
     settings = Settings.from_env(env)
     url = f"http://127.0.0.1:{settings.web_port}"
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "worker"],
-        env=env,
-        preexec_fn=_set_parent_death_signal,
-    )
+    worker = start_worker(env, preexec_fn=_set_parent_death_signal)
     stopping = False
     try:
-        _wait_ready(url, worker)
+        try:
+            wait_ready(url, worker)
+        except WorkerNotReady as exc:
+            raise SystemExit(f"pulse: {exc}; its output is above") from None
         print(f"\nPulse is live: {url}/   (write key: {key})", flush=True)
         print("Metrics at /metrics; send your own events with", flush=True)
         print(f"  curl -H 'Authorization: Bearer {key}' -d @event.json {url}/v1/events", flush=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.broker import KafkaBroker, free_port
+from stream.workerproc import WorkerNotReady, start_worker, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
@@ -43,24 +43,12 @@ class Worker:
         port = free_port()
         self.env["PULSE_WEB_PORT"] = str(port)
         self.url = f"http://127.0.0.1:{port}"
-        logf = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "worker"],
-            env=self.env,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"worker exited; log:\n{self.tail()}"
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"worker not ready in {timeout_s}s; log:\n{self.tail()}")
+        self.proc = start_worker(self.env, self.log_path, cwd=ROOT)
+        try:
+            wait_ready(self.url, self.proc, timeout_s, describe=lambda: f"; log:\n{self.tail()}")
+        except WorkerNotReady as exc:
+            raise AssertionError(str(exc)) from None
+        return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:
         assert self.proc is not None
@@ -103,13 +91,15 @@ class Worker:
         raise AssertionError(f"{name}{labels} = {value}, expected {expected}; log:\n{self.tail()}")
 
 
-@pytest.fixture
-def worker_env(kafka: KafkaBroker, tmp_path: Path) -> dict[str, str]:
-    """Environment for an isolated Pulse deployment (own topics and app id) on the test broker."""
+def deployment_env(bootstrap: str, tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """Environment for an isolated Pulse deployment (own topics and app id) on ``bootstrap``.
+
+    The caller's ``PULSE_KAFKA_*`` settings are dropped: the test decides how to connect.
+    """
     tag = uuid.uuid4().hex[:8]
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_KAFKA_")}
     env.update(
-        PULSE_KAFKA_BOOTSTRAP=kafka.bootstrap,
+        PULSE_KAFKA_BOOTSTRAP=bootstrap,
         PULSE_APP_ID=f"pulse-test-{tag}",
         PULSE_TOPIC_PREFIX=f"t{tag}.",
         PULSE_WRITE_KEYS="test-key,burst-key",
@@ -117,7 +107,13 @@ def worker_env(kafka: KafkaBroker, tmp_path: Path) -> dict[str, str]:
         PULSE_PARTITIONS="4",
         PULSE_LOG_LEVEL="warning",
     )
+    env.update(overrides)
     return env
+
+
+@pytest.fixture
+def worker_env(kafka: KafkaBroker, tmp_path: Path) -> dict[str, str]:
+    return deployment_env(kafka.bootstrap, tmp_path)
 
 
 @pytest.fixture

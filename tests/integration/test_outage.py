@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from stream.broker import KafkaBroker, free_port
 from stream.config import Settings
 from stream.producer import EventWriter, KafkaUnavailable
 from stream.topics import ensure_topics
-from tests.integration.conftest import Worker
+from tests.integration.conftest import Worker, deployment_env
 from tests.integration.helpers import consume_all, topic
 
 pytestmark = pytest.mark.integration
@@ -48,17 +47,11 @@ def outage_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBro
 
 @pytest.fixture
 def outage_worker(outage_broker: KafkaBroker, tmp_path: Path) -> Iterator[Worker]:
-    tag = uuid.uuid4().hex[:8]
-    env = dict(os.environ)
-    env.update(
-        PULSE_KAFKA_BOOTSTRAP=outage_broker.bootstrap,
-        PULSE_APP_ID=f"pulse-outage-{tag}",
-        PULSE_TOPIC_PREFIX=f"o{tag}.",
+    env = deployment_env(
+        outage_broker.bootstrap,
+        tmp_path,
         PULSE_WRITE_KEYS="outage-key",
-        PULSE_DATA_DIR=str(tmp_path / "data"),
-        PULSE_PARTITIONS="4",
         PULSE_GRACE="1h",  # events retried after the outage are not late
-        PULSE_LOG_LEVEL="warning",
     )
     worker = Worker(env=env, log_path=tmp_path / "worker.log").start()
     yield worker

@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from aiokafka.errors import KafkaConnectionError
 from stream.broker import KafkaBroker, free_port, metadata_ready
 from stream.config import Settings
 from stream.topics import security_problem
-from tests.integration.conftest import ROOT, Worker
+from tests.integration.conftest import ROOT, Worker, deployment_env
 
 pytestmark = pytest.mark.integration
 
@@ -49,20 +48,16 @@ def sasl_broker() -> Iterator[KafkaBroker]:
 
 @pytest.fixture
 def sasl_env(sasl_broker: KafkaBroker, tmp_path: Path) -> dict[str, str]:
-    tag = uuid.uuid4().hex[:8]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_KAFKA_")}
-    env.update(sasl_broker.client_env("alice"))
-    env.update(
-        PULSE_APP_ID=f"pulse-sec-{tag}",
-        PULSE_TOPIC_PREFIX=f"s{tag}.",
+    client = sasl_broker.client_env("alice")
+    return deployment_env(
+        client["PULSE_KAFKA_BOOTSTRAP"],
+        tmp_path,
+        **client,
         PULSE_WRITE_KEYS="sec-key",
-        PULSE_DATA_DIR=str(tmp_path / "data"),
         PULSE_PARTITIONS="2",
         PULSE_WINDOW="5s",
         PULSE_GRACE="1s",
-        PULSE_LOG_LEVEL="warning",
     )
-    return env
 
 
 def pulse(
