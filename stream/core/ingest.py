@@ -30,7 +30,8 @@ RawRecord = tuple[bytes | None, bytes | None, int, int, int]  # key, value, part
 @dataclass(slots=True)
 class BatchResult:
     valid: list[dict[str, Any]] = field(default_factory=list)
-    positions: list[tuple[int, int]] = field(default_factory=list)  # (partition, offset) of valid
+    #: per valid event: partition, offset, and the record's key and text (for a late DLQ record)
+    sources: list[tuple[int, int, bytes | None, bytes]] = field(default_factory=list)
     dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     invalid: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
@@ -69,7 +70,7 @@ class Ingestor:
     def process(self, records: Iterable[RawRecord], now_ms: int | None = None) -> BatchResult:
         out = BatchResult()
         valid_add = out.valid.append
-        position_add = out.positions.append
+        source_add = out.sources.append
         is_dup = self.dedup.is_duplicate
         pseudonymizer = self.pseudonymizer
         for key, value, partition, offset, ts_ms in records:
@@ -84,5 +85,5 @@ class Ingestor:
                 out.duplicates += 1
                 continue
             valid_add(event)
-            position_add((partition, offset))
+            source_add((partition, offset, key, raw))
         return out

@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from stream.core.bandit import Allocator
 from stream.core.ingest import BatchResult, Ingestor, RawRecord, dlq_record
 from stream.core.kpis import metric_record
@@ -71,14 +69,14 @@ class PartitionStage:
         result = self.ingestor.process(records, now_ms)
         out = StageOutput(result)
         touched = out.touched
-        for event, (p, offset) in zip(result.valid, result.positions, strict=True):
+        for event, (p, offset, key, raw) in zip(result.valid, result.sources, strict=True):
             pw = touched.get(p) or touched.setdefault(p, self.window_state(p))
             if offset <= pw.last_offset:
                 continue  # applied before a crash: replays are idempotent
             pw.last_offset = offset
             status = pw.add(event)
             if status == "late":
-                out.late.append(late_record(event, pw.closed_until))
+                out.late.append((key, late_record(event, raw, pw.closed_until)))
                 continue
             if isinstance(status, tuple):
                 out.counted.append((status, event))
@@ -132,13 +130,19 @@ class PartitionStage:
         return partials
 
 
-def late_record(event: Mapping[str, Any], closed_until: int) -> tuple[bytes | None, bytes]:
-    key = (event.get("user_id") or event.get("anonymous_id") or "").encode() or None
+def late_record(event: Mapping[str, Any], raw: bytes, closed_until: int) -> bytes:
+    """The DLQ record of a late event: reason ``late``, payload its original text.
+
+    >>> import orjson
+    >>> rec = orjson.loads(late_record({"ts": 5, "received_at": 9}, b'{"event_time":5}', 60))
+    >>> rec["reason"], rec["payload"], rec["received_at"]
+    ('late', '{"event_time":5}', 9)
+    """
     detail = (
         f"event time {event['ts']} falls in a window already closed at watermark "
         f"{closed_until}: send events within PULSE_GRACE of the newest ones"
     )
-    return key, dlq_record("late", detail, orjson.dumps(event), event["received_at"])
+    return dlq_record("late", detail, raw, event["received_at"])
 
 
 @dataclass
