@@ -55,7 +55,10 @@ def run_backtest(
     rules = load_rules(settings.rules_file or None)
     attribution_ms = int(settings.attribution_window_s * 1000)
     stage = PartitionStage(
-        Ingestor(Deduplicator({}, ttl_ms=int(settings.dedup_ttl_s * 1000))),
+        Ingestor(
+            Deduplicator({}, ttl_ms=int(settings.dedup_ttl_s * 1000)),
+            salt=settings.pseudonymize_salt,  # trigger ids equal the live ones
+        ),
         lambda: PartitionWindows(size_ms, int(settings.grace_s * 1000), attribution_ms),
         model_factory(rules["user_offer"], attribution_ms, size_ms),
     )

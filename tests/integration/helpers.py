@@ -221,3 +221,67 @@ def stream_reference(
 
 def encode_events(events: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes]]:
     return [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
+
+
+# --- user offers: a propensity history with buyers and browsers ---------------------------
+
+OFFER_BASE = 1_700_000_000_000 - 1_700_000_000_000 % 60_000
+MIN = 60_000
+
+
+def history(users: int = 60, cycles: int = 4) -> list[dict]:
+    """Buyers click then purchase; browsers only click (negatives once the window passes)."""
+    out = []
+    t = OFFER_BASE
+    for _ in range(cycles):
+        for i in range(users):
+            for kind in ("buyer", "browser"):
+                u = f"{kind}-{i}"
+                n = len(out)
+                out.append(
+                    {
+                        "event_id": f"h{n}",
+                        "type": "view",
+                        "event_time": t,
+                        "user_id": u,
+                        "campaign_id": "c1",
+                    }
+                )
+                out.append(
+                    {
+                        "event_id": f"h{n + 1}",
+                        "type": "click",
+                        "event_time": t + 1000,
+                        "user_id": u,
+                        "campaign_id": "c1",
+                        "consent": {"marketing": False},
+                    }
+                )
+                if kind == "buyer":
+                    out.append(
+                        {
+                            "event_id": f"h{n + 2}",
+                            "type": "purchase",
+                            "event_time": t + 2000,
+                            "user_id": u,
+                            "revenue": 20.0,
+                            "currency": "EUR",
+                        }
+                    )
+        t += 2 * MIN
+    return sorted(out, key=lambda e: e["event_time"])
+
+
+def final_click(user: str, consent: bool, n: int) -> dict:
+    return {
+        "event_id": f"f{n}",
+        "type": "click",
+        "event_time": OFFER_BASE + 9 * MIN,
+        "user_id": user,
+        "campaign_id": "c1",
+        "consent": {"marketing": consent},
+    }
+
+
+def encode(events: list[dict]) -> list[tuple[bytes, bytes]]:
+    return [(e["user_id"].encode(), orjson.dumps(e)) for e in events]

@@ -11,71 +11,11 @@ import httpx
 import orjson
 import pytest
 
-from tests.integration.helpers import consume_all, produce, topic
+from tests.integration.helpers import consume_all, encode, final_click, history, produce, topic
 
 pytestmark = pytest.mark.integration
 
-BASE = 1_700_000_000_000 - 1_700_000_000_000 % 60_000
-MIN = 60_000
 RULES = Path(__file__).resolve().parents[2] / "stream" / "rules.yaml"
-
-
-def history(users: int = 60, cycles: int = 4) -> list[dict]:
-    """Buyers click then purchase; browsers only click (negatives once the window passes)."""
-    out = []
-    t = BASE
-    for _ in range(cycles):
-        for i in range(users):
-            for kind in ("buyer", "browser"):
-                u = f"{kind}-{i}"
-                n = len(out)
-                out.append(
-                    {
-                        "event_id": f"h{n}",
-                        "type": "view",
-                        "event_time": t,
-                        "user_id": u,
-                        "campaign_id": "c1",
-                    }
-                )
-                out.append(
-                    {
-                        "event_id": f"h{n + 1}",
-                        "type": "click",
-                        "event_time": t + 1000,
-                        "user_id": u,
-                        "campaign_id": "c1",
-                        "consent": {"marketing": False},
-                    }
-                )
-                if kind == "buyer":
-                    out.append(
-                        {
-                            "event_id": f"h{n + 2}",
-                            "type": "purchase",
-                            "event_time": t + 2000,
-                            "user_id": u,
-                            "revenue": 20.0,
-                            "currency": "EUR",
-                        }
-                    )
-        t += 2 * MIN
-    return sorted(out, key=lambda e: e["event_time"])
-
-
-def final_click(user: str, consent: bool, n: int) -> dict:
-    return {
-        "event_id": f"f{n}",
-        "type": "click",
-        "event_time": BASE + 9 * MIN,
-        "user_id": user,
-        "campaign_id": "c1",
-        "consent": {"marketing": consent},
-    }
-
-
-def encode(events: list[dict]) -> list[tuple[bytes, bytes]]:
-    return [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
 
 
 async def test_offer_needs_intent_and_consent_and_models_survive_restart(

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 
 from stream.backtest import partition_for, run_backtest
 from stream.config import Settings
+from stream.core.privacy import Pseudonymizer
+from tests.integration.helpers import final_click, history
+
+RULES = Path(__file__).resolve().parents[2] / "stream" / "rules.yaml"
 
 BASE = 1_700_000_000_000 - 1_700_000_000_000 % 10_000
 
@@ -54,3 +60,24 @@ def test_partitions_follow_kafka_default_partitioner() -> None:
     # murmur2-based, as the Java client and aiokafka assign keyed records
     assert {partition_for(f"u{i}".encode(), 4, 0) for i in range(50)} == {0, 1, 2, 3}
     assert partition_for(None, 4, 6) == 2
+
+
+def test_backtest_pseudonymises_like_the_worker(tmp_path) -> None:
+    rules = tmp_path / "rules.yaml"
+    text = RULES.read_text().replace("min_labels: 200", "min_labels: 20")
+    rules.write_text(text.replace("min_score: 0.5", "min_score: 0.6"))
+    events = [*history(), final_click("buyer-0", True, 1), final_click("browser-0", True, 2)]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(e) for e in events))
+    env = {
+        "PULSE_RULES": str(rules),
+        "PULSE_ATTRIBUTION_WINDOW": "60s",
+        "PULSE_WINDOW": "60s",
+        "PULSE_GRACE": "5s",
+        "PULSE_PSEUDONYMIZE_SALT": "pepper",
+    }
+    run_backtest(Settings.from_env(env), path, tmp_path / "out", progress=False)
+    lines = (tmp_path / "out/triggers.jsonl").read_bytes().splitlines()
+    triggers = [orjson.loads(x) for x in lines]
+    offers = [t["target"]["user_id"] for t in triggers if t["action"] == "user.send_offer"]
+    assert offers == [Pseudonymizer("pepper")("buyer-0")]
