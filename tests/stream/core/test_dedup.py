@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream.core.dedup import Deduplicator
 
@@ -296,3 +298,59 @@ def test_forget_partitions_then_new_sightings_are_indexed_again() -> None:
     d.is_duplicate("e", partition=0, offset=9, now_ms=1_000)
     assert len(d) == 3
     assert sorted(d.expire(now_ms=2_000)) == [(0, "e"), (1, "b"), (2, "d")]
+
+
+# --- expiry in time buckets ----------------------------------------------------------------
+
+
+def test_default_bucket_is_a_ten_thousandth_of_the_ttl() -> None:
+    assert Deduplicator({}, ttl_ms=86_400_000).bucket_ms == 8_640
+    assert Deduplicator({}, ttl_ms=TTL).bucket_ms == 1  # short TTLs expire to the millisecond
+
+
+def test_ids_expire_within_one_bucket_after_their_ttl() -> None:
+    store: dict[str, Any] = {}
+    d = Deduplicator(store, ttl_ms=TTL, bucket_ms=100)
+    d.is_duplicate("a", partition=0, offset=0, now_ms=10)  # bucket [0, 100)
+    d.is_duplicate("b", partition=0, offset=1, now_ms=99)
+    d.is_duplicate("c", partition=0, offset=2, now_ms=100)  # bucket [100, 200)
+    assert d.expire(now_ms=TTL + 98) == []  # "b" is not past its TTL yet: the bucket waits
+    assert d.expire(now_ms=TTL + 99) == [(0, "a"), (0, "b")]
+    assert set(store) == {"c"} and len(d) == 1
+    assert d.is_duplicate("c", partition=0, offset=3, now_ms=TTL + 99) is True  # to the ms
+
+
+def test_long_and_unicode_ids_round_trip_through_the_index() -> None:
+    ids = ["é" * 64, "x" * 300, "ü-1", "e"]  # up to 256 bytes in the schema; longer still works
+    d = Deduplicator({}, ttl_ms=TTL, bucket_ms=50)
+    for i, eid in enumerate(ids):
+        d.is_duplicate(eid, partition=1, offset=i, now_ms=i)
+    assert d.expire(now_ms=10 * TTL) == [(1, eid) for eid in ids]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 400),
+    st.lists(
+        st.tuples(st.sampled_from("abcdef"), st.integers(0, 2), st.integers(0, 300)), max_size=60
+    ),
+)
+def test_buckets_decide_like_exact_expiry(
+    bucket_ms: int, steps: list[tuple[str, int, int]]
+) -> None:
+    """Same duplicate decisions as exact expiry; ids leave at most a bucket late, never early."""
+    store: dict[str, Any] = {}
+    d = Deduplicator(store, ttl_ms=TTL, bucket_ms=bucket_ms)
+    exact: dict[str, list[int]] = {}  # reference: first sighting, expired to the millisecond
+    now = 0
+    for offset, (eid, partition, step_ms) in enumerate(steps):
+        now += step_ms
+        prev = exact.get(eid)
+        want = prev is not None and now - prev[0] < TTL and prev[1:] != [partition, offset]
+        if not (prev is not None and now - prev[0] < TTL):
+            exact[eid] = [now, partition, offset]
+        assert d.is_duplicate(eid, partition, offset, now) is want
+        d.expire(now)
+        exact = {k: v for k, v in exact.items() if v[0] > now - TTL}
+        assert set(exact) <= set(store)  # never early
+        assert all(v[0] > now - TTL - bucket_ms for v in store.values())  # at most a bucket late
