@@ -141,8 +141,7 @@ async def drain(settings: Settings, n: int, log: Path, env: dict[str, str]) -> d
     while await group_lag(settings.kafka_bootstrap, settings.app_id, settings.topic("events")) > 0:
         await asyncio.sleep(0.5)
     done = time.monotonic()
-    proc.terminate()
-    proc.wait(30)
+    workerproc.stop_worker(proc)
     return {
         "events": len(items),
         "startup_s": round(ready - t0, 1),
@@ -185,8 +184,7 @@ def main() -> None:
                     flush=True,
                 )
         finally:
-            proc.terminate()
-            proc.wait(30)
+            workerproc.stop_worker(proc)
     finally:
         broker.stop()
 

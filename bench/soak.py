@@ -18,7 +18,6 @@ import argparse
 import csv
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,9 +29,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from ingest_rate import slope  # noqa: E402
 
 from stream.broker import KafkaBroker, free_port  # noqa: E402
-from stream.workerproc import WorkerNotReady, start_worker, wait_ready  # noqa: E402
+from stream.workerproc import WorkerNotReady, start_worker, stop_worker, wait_ready  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -60,16 +62,6 @@ def scrape(url: str) -> tuple[float, float]:
             elif s.name == "pulse_events_total":
                 events += s.value
     return lag, events
-
-
-def slope(points: list[tuple[float, float]]) -> float:
-    """Least-squares slope dy/dx."""
-    if len(points) < 3:
-        return 0.0
-    xs, ys = zip(*points, strict=True)
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    den = sum((x - mx) ** 2 for x in xs) or 1.0
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den
 
 
 def main() -> None:
@@ -159,12 +151,8 @@ def main() -> None:
                 time.sleep(max(0.0, args.interval - (time.monotonic() - t0 - t)))
     finally:
         for proc in (sim, worker):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            if proc is not None:
+                stop_worker(proc)
         broker.stop()
 
     run = [s for s in samples if s[0] <= seconds]

@@ -33,6 +33,7 @@ from stream.cli import _ensure_topics_with_retry  # noqa: E402
 from stream.config import Settings  # noqa: E402
 from stream.core.simulator import SimConfig, Simulator  # noqa: E402
 from stream.producer import EventWriter  # noqa: E402
+from stream.workerproc import stop_worker  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -108,8 +109,7 @@ def main() -> None:
                 f"({(rss - idle_rss) * 1024 * 1024 / n:.0f} B/event) {windows}",
                 flush=True,
             )
-            proc.terminate()
-            proc.wait(30)
+            stop_worker(proc)
     finally:
         broker.stop()
 

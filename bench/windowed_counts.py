@@ -75,7 +75,7 @@ sys.path.insert(0, str(ROOT))
 from stream.broker import KafkaBroker, free_port  # noqa: E402
 from stream.config import Settings  # noqa: E402
 from stream.topics import ensure_topics  # noqa: E402
-from stream.workerproc import WorkerNotReady, start_worker, wait_ready  # noqa: E402
+from stream.workerproc import WorkerNotReady, start_worker, stop_worker, wait_ready  # noqa: E402
 
 WINDOW_MS = 60_000
 GRACE_MS = 5_000
@@ -607,7 +607,7 @@ async def quix_run(
     finally:
         if reader is not None:
             await reader.stop()
-        _stop(proc)
+        stop_worker(proc)
         logf.close()
 
 
@@ -674,16 +674,6 @@ async def _wait_results(
         await asyncio.sleep(0.2)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _died(proc: subprocess.Popen[bytes], tmp: Path, name: str) -> Callable[[], str | None]:
     def why() -> str | None:
         if proc.poll() is None:
@@ -726,7 +716,7 @@ async def pulse_start(env: dict[str, str], tmp: Path) -> tuple[subprocess.Popen[
             wait_ready, url, proc, 120, 0.1, lambda: f": {_tail(tmp, 'pulse')}"
         )
     except WorkerNotReady:
-        _stop(proc)
+        stop_worker(proc)
         raise
     return proc, ready
 
@@ -1067,7 +1057,7 @@ async def run(args: argparse.Namespace, tmp: Path, res: Results, broker: KafkaBr
         )
     finally:
         if worker is not None:
-            _stop(worker)
+            stop_worker(worker)
 
 
 def summary(res: Results) -> list[str]:

@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -124,7 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from stream.broker import KafkaBroker, free_port
     from stream.core.simulator import SimConfig
     from stream.simulate import run_simulation
-    from stream.workerproc import WorkerNotReady, start_worker, wait_ready
+    from stream.workerproc import WorkerNotReady, start_worker, stop_worker, wait_ready
 
     env = dict(os.environ)
     broker = None
@@ -162,12 +161,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         stopping = True
     finally:
         print("\nstopping worker ...", flush=True)
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        stop_worker(worker)
         if broker is not None:
             print("stopping broker ...", flush=True)
             broker.stop()

@@ -1,4 +1,4 @@
-"""Start ``pulse worker`` as a child process and wait until it is ready.
+"""Start ``pulse worker`` as a child process, wait until it is ready, stop it.
 
 Used by ``pulse demo``, the integration tests and the benches, which all need
 a real worker process and must know when ``/readyz`` answers 200 (partitions
@@ -10,6 +10,7 @@ True
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -69,3 +70,17 @@ def wait_ready(
     raise WorkerNotReady(
         f"the worker was not ready at {url}/readyz within {timeout_s:.0f} s{describe()}"
     )
+
+
+def stop_worker(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 30.0
+) -> int:
+    """Send ``sig`` (a worker drains and commits on SIGTERM), kill after ``timeout_s``."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
