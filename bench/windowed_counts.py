@@ -74,6 +74,7 @@ sys.path.insert(0, str(ROOT))
 
 from stream.broker import KafkaBroker, free_port  # noqa: E402
 from stream.config import Settings  # noqa: E402
+from stream.producer import send_batches  # noqa: E402
 from stream.topics import ensure_topics  # noqa: E402
 from stream.workerproc import WorkerNotReady, start_worker, stop_worker, wait_ready  # noqa: E402
 
@@ -224,21 +225,11 @@ def fast_producer(bootstrap: str) -> AIOKafkaProducer:
 async def send_partitioned(
     producer: AIOKafkaProducer, topic: str, records: list[Record]
 ) -> list[asyncio.Future[Any]]:
-    """One producer batch per partition (``create_batch``/``send_batch``); returns futures."""
+    """One producer batch per partition (:func:`stream.producer.send_batches`); returns futures."""
     by_part: dict[int, list[tuple[bytes, bytes]]] = {}
     for p, k, v in records:
         by_part.setdefault(p, []).append((k, v))
-    futures = []
-    for p, recs in by_part.items():
-        batch = producer.create_batch()
-        for k, v in recs:
-            if batch.append(key=k, value=v, timestamp=None) is None:
-                futures.append(await producer.send_batch(batch, topic, partition=p))
-                batch = producer.create_batch()
-                batch.append(key=k, value=v, timestamp=None)
-        if batch.record_count():
-            futures.append(await producer.send_batch(batch, topic, partition=p))
-    return futures
+    return await send_batches(producer, topic, by_part)
 
 
 async def create_topic(bootstrap: str, name: str, partitions: int) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, errors
@@ -196,20 +196,31 @@ class EventWriter:
         used for changelog writes whose partition is given by the source record.
         """
         producer = self._started()
-        futures = []
-        count = 0
         try:
-            for partition, recs in records.items():
-                batch = producer.create_batch()
-                for key, value in recs:
-                    if batch.append(key=key, value=value, timestamp=None) is None:
-                        futures.append(await producer.send_batch(batch, topic, partition=partition))
-                        batch = producer.create_batch()
-                        batch.append(key=key, value=value, timestamp=None)
-                    count += 1
-                if batch.record_count():
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+            futures = await send_batches(producer, topic, records)
         except (TimeoutError, errors.KafkaError) as exc:
             raise KafkaUnavailable(f"Kafka did not take the write: {exc!r}") from exc
         await self._acknowledged(producer, futures)
-        return count
+        return sum(len(recs) for recs in records.values())
+
+
+async def send_batches(
+    producer: AIOKafkaProducer,
+    topic: str,
+    records: Mapping[int, Iterable[tuple[bytes | None, bytes | None]]],
+) -> list[asyncio.Future[Any]]:
+    """Append records to one producer batch per partition (more when full); return the futures.
+
+    No future per record, unlike ``producer.send``; the caller awaits the acks.
+    """
+    futures = []
+    for partition, recs in records.items():
+        batch = producer.create_batch()
+        for key, value in recs:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        if batch.record_count():
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures
