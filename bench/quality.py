@@ -32,11 +32,11 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
-from aiokafka.partitioner import murmur2
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from river import metrics
 
+from stream.backtest import partition_for
 from stream.core.bandit import Allocator
 from stream.core.dedup import Deduplicator
 from stream.core.ingest import Ingestor, RawRecord
@@ -89,12 +89,6 @@ class RunResult:
     elapsed_s: float = 0.0
 
 
-def _partition(key: bytes | None, partitions: int, fallback: int) -> int:
-    if key is None:
-        return fallback % partitions
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
 def simulate(
     cfg: SimConfig,
     partitions: int,
@@ -136,7 +130,7 @@ def simulate(
         received = cfg.start_ms + batch.at_ms
         raws: list[RawRecord] = []
         for item in batch.items:
-            p = _partition(item.key, partitions, next(rr))
+            p = partition_for(item.key, partitions, next(rr))
             raws.append((item.key, item.value, p, next(offsets[p]), received))
         out = stage.process(raws, None)
         for _, ev in out.counted:
