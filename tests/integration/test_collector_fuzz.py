@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from schemas import load_schema
+from tests.strategies import json_values
 
 pytestmark = pytest.mark.integration
 
@@ -30,20 +31,6 @@ EXAMPLES = 1500
 RAW_EXAMPLES = 120
 OK_STATUSES = {202, 400, 401, 413, 429}
 
-json_leaf = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)  # orjson's range; bigger: LITERALS
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-)
-json_values = st.recursive(
-    json_leaf,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
 user_ids = st.text(string.ascii_letters + string.digits + "-_", min_size=1, max_size=20).map(
     lambda s: MARK + s
 )

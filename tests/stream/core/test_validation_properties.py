@@ -19,6 +19,7 @@ from stream.core.validation import (
     check_event,
     parse_event,
 )
+from tests.strategies import json_scalars, json_values
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 REASONS = {"invalid_json", "not_object", "schema", "too_large"}
@@ -34,20 +35,6 @@ received_ms = st.integers(min_value=0, max_value=MAX_TS)
 
 # --- arbitrary input ---------------------------------------------------------------------
 
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=20,
-)
 # Python callers (the HTTP collector) can hand over values JSON cannot carry.
 python_values = st.recursive(
     json_scalars | st.floats() | st.integers(),
