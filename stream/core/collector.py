@@ -77,8 +77,7 @@ class RateLimiter:
         if self.rate <= 0:
             return 0.0
         now = self.clock()
-        tokens, last = self._buckets.get(key, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - last) * self.rate)
+        tokens = self._tokens(key, now)
         need = min(n, self.capacity)
         if tokens >= need:
             self._buckets[key] = (tokens - need, now)
@@ -95,11 +94,15 @@ class RateLimiter:
         >>> rl.take("k", 10), rl.exhausted("k"), rl.exhausted("other")
         (0.0, 0.1, 0.0)
         """
-        if self.rate <= 0 or key not in self._buckets:
+        if self.rate <= 0:
             return 0.0
-        tokens, last = self._buckets[key]
-        tokens = min(self.capacity, tokens + (self.clock() - last) * self.rate)
+        tokens = self._tokens(key, self.clock())
         return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
+    def _tokens(self, key: str, now: float) -> float:
+        """Tokens ``key`` has at ``now``: refilled at ``rate`` since its last take (full if new)."""
+        tokens, last = self._buckets.get(key, (self.capacity, now))
+        return min(self.capacity, tokens + (now - last) * self.rate)
 
 
 @dataclass
