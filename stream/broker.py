@@ -258,13 +258,9 @@ class KafkaBroker:
         """aiokafka keyword arguments for the readiness check (the first SCRAM user)."""
         if not self.sasl_users:
             return {}
-        name, password = next(iter(self.sasl_users.items()))
-        return {
-            "security_protocol": "SASL_PLAINTEXT",
-            "sasl_mechanism": SCRAM_MECHANISM,
-            "sasl_plain_username": name,
-            "sasl_plain_password": password,
-        }
+        from stream.config import Settings
+
+        return Settings.from_env(self.client_env()).kafka_client_kwargs()
 
     def config(self) -> dict[str, str]:
         cfg = {
