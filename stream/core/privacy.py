@@ -18,7 +18,6 @@ erase``) computes the same pseudonym as the workers.
 from __future__ import annotations
 
 import hashlib
-import hmac
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Any
 
@@ -71,10 +70,8 @@ class Pseudonymizer:
 
 
 def pseudonymize(value: str, salt: str | bytes) -> str:
-    """One-off pseudonym of ``value`` (same result as :class:`Pseudonymizer`)."""
-    key = salt.encode() if isinstance(salt, str) else salt
-    digest = hmac.digest(key, value.encode("utf-8", "surrogatepass"), "sha256")
-    return digest.hex()[:PSEUDONYM_HEX]
+    """One-off pseudonym of ``value`` (keys a :class:`Pseudonymizer` for one id)."""
+    return Pseudonymizer(salt)(value)
 
 
 def truncate_ip(ip: str) -> str | None:
