@@ -24,10 +24,9 @@ import orjson
 from prometheus_client import Counter
 
 from stream.app import Runtime
-from stream.batching import ack_all, message_batches, message_topic
 from stream.core.privacy import read_erase_record, salt_check
-from stream.producer import until_written
-from stream.state import TableStore
+from stream.kafka.faust_internals import TableStore, ack_all, message_batches, message_topic
+from stream.kafka.writer import until_written
 
 log = logging.getLogger(__name__)
 

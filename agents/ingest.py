@@ -20,11 +20,11 @@ import faust
 import orjson
 
 from stream.app import Runtime
-from stream.batching import ack_all, message_batches, partition_progress
 from stream.core.ingest import RawRecord, dlq_record
 from stream.core.merge import encode_windows
 from stream.core.progress import caught_up
-from stream.producer import until_written
+from stream.kafka.faust_internals import ack_all, message_batches, partition_progress
+from stream.kafka.writer import until_written
 
 log = logging.getLogger(__name__)
 

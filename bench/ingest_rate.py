@@ -27,11 +27,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stream import workerproc  # noqa: E402
-from stream.broker import KafkaBroker, free_port  # noqa: E402
 from stream.config import Settings  # noqa: E402
 from stream.core.simulator import SimConfig  # noqa: E402
-from stream.simulate import run_simulation  # noqa: E402
+from stream.tools import workerproc  # noqa: E402
+from stream.tools.broker import KafkaBroker, free_port  # noqa: E402
+from stream.tools.simulate import run_simulation  # noqa: E402
 
 
 async def group_lag(bootstrap: str, group: str, topic: str) -> int:
@@ -117,7 +117,7 @@ async def run_rate(settings: Settings, url: str, rate: float, seconds: float, se
 
 async def drain(settings: Settings, n: int, log: Path, env: dict[str, str]) -> dict:
     from stream.core.simulator import Simulator
-    from stream.producer import EventWriter
+    from stream.kafka.writer import EventWriter
 
     sim = Simulator(
         SimConfig(
@@ -170,9 +170,9 @@ def main() -> None:
         if args.drain:
             env_d = dict(env, PULSE_APP_ID="pulse-drain", PULSE_TOPIC_PREFIX="drain.")
             settings = Settings.from_env(env_d)
-            from stream.cli import _ensure_topics_with_retry
+            from stream.cli.common import ensure_topics_with_retry
 
-            asyncio.run(_ensure_topics_with_retry(settings))
+            asyncio.run(ensure_topics_with_retry(settings))
             print("drain:", asyncio.run(drain(settings, args.drain, tmp / "drain.log", env_d)))
         settings = Settings.from_env(env)
         proc = start_worker(env, tmp / "worker.log")

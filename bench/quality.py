@@ -36,7 +36,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from river import metrics
 
-from stream.backtest import partition_for
 from stream.core.bandit import Allocator
 from stream.core.dedup import Deduplicator
 from stream.core.ingest import Ingestor, RawRecord
@@ -45,6 +44,7 @@ from stream.core.pipeline import MergeStage, PartitionStage
 from stream.core.propensity import PropensityModel
 from stream.core.simulator import SimConfig, SimTruth, Simulator
 from stream.core.triggers import TriggerEngine, load_rules
+from stream.tools.backtest import partition_for
 
 ADVERSE = {"campaign.decrease_bid", "campaign.pause", "campaign.alert"}
 WINDOW_MS = 60_000

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/soak.py --minutes 10 --rate 1000     # or: make soak
 
-Starts a local Kafka broker (``stream.broker.KafkaBroker``) and one ``pulse
+Starts a local Kafka broker (``stream.tools.broker.KafkaBroker``) and one ``pulse
 worker``, drives ``pulse simulate --via kafka`` at ``--rate`` events per second
 for ``--minutes``, and every ``--interval`` seconds samples the worker's RSS
 (psutil when installed, else ``/proc/<pid>/status``) and its consumer lag (sum
@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from ingest_rate import slope  # noqa: E402
 
-from stream.broker import KafkaBroker, free_port  # noqa: E402
-from stream.workerproc import WorkerNotReady, start_worker, stop_worker, wait_ready  # noqa: E402
+from stream.tools.broker import KafkaBroker, free_port  # noqa: E402
+from stream.tools.workerproc import WorkerNotReady, start_worker, stop_worker, wait_ready  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 

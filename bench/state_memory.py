@@ -28,12 +28,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from ingest_rate import group_lag, start_worker  # noqa: E402
 
-from stream.broker import KafkaBroker, free_port  # noqa: E402
-from stream.cli import _ensure_topics_with_retry  # noqa: E402
+from stream.cli.common import ensure_topics_with_retry  # noqa: E402
 from stream.config import Settings  # noqa: E402
 from stream.core.simulator import SimConfig, Simulator  # noqa: E402
-from stream.producer import EventWriter  # noqa: E402
-from stream.workerproc import stop_worker  # noqa: E402
+from stream.kafka.writer import EventWriter  # noqa: E402
+from stream.tools.broker import KafkaBroker, free_port  # noqa: E402
+from stream.tools.workerproc import stop_worker  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -90,7 +90,7 @@ def main() -> None:
                 PULSE_LOG_LEVEL="warning",
             )
             settings = Settings.from_env(env)
-            asyncio.run(_ensure_topics_with_retry(settings))
+            asyncio.run(ensure_topics_with_retry(settings))
             n = asyncio.run(fill(settings, campaigns, users, args.events))
             proc = start_worker(env, tmp / f"worker{i}.log")
             idle_rss = rss_mib(proc.pid)

@@ -72,11 +72,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stream.broker import KafkaBroker, free_port  # noqa: E402
 from stream.config import Settings  # noqa: E402
-from stream.producer import send_batches  # noqa: E402
-from stream.topics import ensure_topics  # noqa: E402
-from stream.workerproc import WorkerNotReady, start_worker, stop_worker, wait_ready  # noqa: E402
+from stream.kafka.topics import ensure_topics  # noqa: E402
+from stream.kafka.writer import send_batches  # noqa: E402
+from stream.tools.broker import KafkaBroker, free_port  # noqa: E402
+from stream.tools.workerproc import WorkerNotReady, start_worker, stop_worker, wait_ready  # noqa: E402
 
 WINDOW_MS = 60_000
 GRACE_MS = 5_000
@@ -225,7 +225,7 @@ def fast_producer(bootstrap: str) -> AIOKafkaProducer:
 async def send_partitioned(
     producer: AIOKafkaProducer, topic: str, records: list[Record]
 ) -> list[asyncio.Future[Any]]:
-    """One producer batch per partition (:func:`stream.producer.send_batches`); returns futures."""
+    """One producer batch per partition (``stream.kafka.writer.send_batches``); futures."""
     by_part: dict[int, list[tuple[bytes, bytes]]] = {}
     for p, k, v in records:
         by_part.setdefault(p, []).append((k, v))

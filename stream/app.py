@@ -20,7 +20,6 @@ from typing import Any
 import faust
 import orjson
 
-from stream.batching import message_topic, use_batch_consumer
 from stream.config import Settings
 from stream.core.bandit import Allocator
 from stream.core.campaigns import CampaignSettingsStore, CampaignView
@@ -31,10 +30,10 @@ from stream.core.pipeline import MergeStage, PartitionStage
 from stream.core.propensity import model_factory
 from stream.core.triggers import TriggerEngine, load_rules
 from stream.core.windows import PartitionWindows, window_start
-from stream.metrics import PulseMetrics
-from stream.producer import EventWriter
-from stream.state import TableStore
-from stream.views import TopicFollower
+from stream.kafka.faust_internals import TableStore, message_topic, use_batch_consumer
+from stream.kafka.followers import TopicFollower
+from stream.kafka.writer import EventWriter
+from stream.telemetry import PulseMetrics
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +145,9 @@ def tune_gc() -> None:
 
 def create_app(settings: Settings) -> faust.App:
     """A configured Pulse worker app: topics, tables, agents and web views."""
-    from agents import erase, ingest, metrics
-    from stream import sensors, web
+    from agents import erase, ingest, merge
+    from stream.http import views as web
+    from stream.kafka import sensors
 
     tune_gc()
 
@@ -279,7 +279,7 @@ def create_app(settings: Settings) -> faust.App:
 
     ingest.register(app, rt)
     erase.register(app, rt)  # pulse erase: agents/erase.py
-    metrics.register(app, rt)
+    merge.register(app, rt)
     sensors.install(app, rt.metrics)
     web.register(app, rt)
     return app

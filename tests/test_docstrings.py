@@ -9,13 +9,11 @@ import pkgutil
 import pytest
 
 import stream
-import stream.core
 
 MODULES = sorted(
     m.name
-    for pkg, prefix in ((stream, "stream."), (stream.core, "stream.core."))
-    for m in pkgutil.iter_modules(pkg.__path__, prefix)
-    if not m.ispkg
+    for m in pkgutil.walk_packages(stream.__path__, "stream.")
+    if not m.name.endswith("__main__")
 )
 
 

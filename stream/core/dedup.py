@@ -28,7 +28,7 @@ Seen = list[int]  # [first_seen_ms, partition, offset]
 
 
 class PartitionedStore(Protocol):
-    """Key-value state whose writes name their partition (see ``stream.state.TableStore``)."""
+    """Key-value state whose writes name their partition (``faust_internals.TableStore``)."""
 
     def get(self, key: str) -> Any: ...
     def put(self, partition: int, key: str, value: Any) -> None: ...

@@ -30,6 +30,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, PercentFormatter
 
+from stream.core.errors import PulseError
+
 #: Fields of a ``pulse.metrics`` record, in schema order.
 FIELDS = (
     "campaign_id",
@@ -70,7 +72,7 @@ CHARTS = {
 }
 
 
-class EmptyReportError(ValueError):
+class EmptyReportError(PulseError, ValueError):
     """There is nothing to report (no ``pulse.metrics`` records)."""
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stream.metrics import CONTRACT_METRICS
+from stream.telemetry import CONTRACT_METRICS
 from tests.deploy import promql
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ DASHBOARDS = {
     "pipeline-health.json": "Pulse — Pipeline health",
 }
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
-#: Exported beyond the contract (stream.metrics.CONTRACT_METRICS): collector and Faust sensors.
+#: Exported beyond the contract (stream.telemetry.CONTRACT_METRICS): collector and Faust sensors.
 EXTRA_METRICS = {"pulse_http_requests_total", "pulse_consumer_lag", "pulse_commit_latency_seconds"}
 RANGE_WINDOWS = {"$__rate_interval", "1m"}
 

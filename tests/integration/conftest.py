@@ -15,8 +15,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.broker import KafkaBroker, free_port
-from stream.workerproc import WorkerNotReady, start_worker, stop_worker, wait_ready
+from stream.tools.broker import KafkaBroker, free_port
+from stream.tools.workerproc import WorkerNotReady, start_worker, stop_worker, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"

@@ -27,8 +27,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.backtest import run_backtest
 from stream.config import Settings
+from stream.tools.backtest import run_backtest
 from tests.integration.helpers import (
     campaign_stream,
     consume_all,

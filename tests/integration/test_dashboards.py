@@ -28,11 +28,11 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.broker import free_port
 from stream.config import Settings
 from stream.core.simulator import SimConfig
-from stream.producer import EventWriter
-from stream.simulate import run_simulation
+from stream.kafka.writer import EventWriter
+from stream.tools.broker import free_port
+from stream.tools.simulate import run_simulation
 from tests.deploy.promql import base_metric, dashboard_expressions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

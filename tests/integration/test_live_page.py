@@ -25,10 +25,10 @@ import aiohttp
 import httpx
 import pytest
 
-from stream.broker import free_port
 from stream.config import Settings
 from stream.core.simulator import SimConfig
-from stream.simulate import run_simulation
+from stream.tools.broker import free_port
+from stream.tools.simulate import run_simulation
 from tests.integration.conftest import ARTIFACTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

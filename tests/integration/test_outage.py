@@ -21,10 +21,10 @@ import httpx
 import orjson
 import pytest
 
-from stream.broker import KafkaBroker, free_port
 from stream.config import Settings
-from stream.producer import EventWriter, KafkaUnavailable
-from stream.topics import ensure_topics
+from stream.kafka.topics import ensure_topics
+from stream.kafka.writer import EventWriter, KafkaUnavailable
+from stream.tools.broker import KafkaBroker, free_port
 from tests.integration.conftest import Worker, deployment_env
 from tests.integration.helpers import consume_all, topic
 

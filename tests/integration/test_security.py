@@ -23,9 +23,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
-from stream.broker import KafkaBroker, free_port, metadata_ready
 from stream.config import Settings
-from stream.topics import security_problem
+from stream.kafka.topics import security_problem
+from stream.tools.broker import KafkaBroker, free_port, metadata_ready
 from tests.integration.conftest import ROOT, Worker, deployment_env
 
 pytestmark = pytest.mark.integration

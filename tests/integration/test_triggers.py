@@ -7,9 +7,9 @@ import random
 import orjson
 import pytest
 
-from stream.backtest import run_backtest
 from stream.config import Settings
 from stream.core.triggers import trigger_id
+from stream.tools.backtest import run_backtest
 from tests.integration.helpers import consume_all, produce, topic
 
 pytestmark = pytest.mark.integration

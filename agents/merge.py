@@ -28,11 +28,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from stream.app import Runtime
-from stream.batching import ack_all, message_batches
 from stream.config import Settings
 from stream.core.merge import decode_windows
 from stream.core.pipeline import MergeStage
-from stream.producer import until_written
+from stream.kafka.faust_internals import ack_all, message_batches
+from stream.kafka.writer import until_written
 
 log = logging.getLogger(__name__)
 

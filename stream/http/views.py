@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from stream.core.collector import MAX_BODY_BYTES, RateLimiter, WriteKeys, classify_body
-from stream.producer import KafkaUnavailable
+from stream.kafka.writer import KafkaUnavailable
 
 if TYPE_CHECKING:
     from stream.app import Runtime

@@ -10,7 +10,7 @@ import pytest
 
 from stream.core.kpis import metric_record
 from stream.core.report import EmptyReportError
-from stream.report import records_from_dir, run_report
+from stream.tools.report import records_from_dir, run_report
 
 T0 = 1_714_564_800_000
 

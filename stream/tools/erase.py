@@ -18,10 +18,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from stream.config import Settings
+from stream.core.errors import PulseError
 from stream.core.privacy import erase_request, read_erase_record
 
 
-class EraseError(RuntimeError):
+class EraseError(PulseError, RuntimeError):
     """The request could not be written; the message says what to do."""
 
 

@@ -18,8 +18,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from stream.core.errors import PulseError
 
-class WorkerNotReady(RuntimeError):
+
+class WorkerNotReady(PulseError, RuntimeError):
     """The worker exited, or did not become ready in time."""
 
 

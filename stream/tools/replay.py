@@ -32,8 +32,9 @@ from typing import IO, Any
 import orjson
 
 from stream.config import Settings
+from stream.core.errors import PulseError
 from stream.core.validation import receive_time_ms
-from stream.producer import EventWriter
+from stream.kafka.writer import EventWriter
 
 KeyValue = tuple[bytes | None, bytes]
 
@@ -59,7 +60,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ONE_MS = dt.timedelta(milliseconds=1)
 
 
-class ReplayError(ValueError):
+class ReplayError(PulseError, ValueError):
     """The file cannot be replayed (unknown type, unreadable content)."""
 
 

@@ -35,6 +35,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from stream.core.errors import PulseError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_VERSION = "3.9.1"
@@ -74,7 +76,7 @@ rootLogger.appenderRef.stdout.ref = STDOUT
 """
 
 
-class BrokerError(RuntimeError):
+class BrokerError(PulseError, RuntimeError):
     """The broker could not be fetched, formatted or started."""
 
 

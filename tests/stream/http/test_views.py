@@ -1,4 +1,4 @@
-"""Unit tests for stream.web helpers that need no running worker."""
+"""Unit tests for stream.http.views helpers that need no running worker."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
-from stream.web import RedactBadRequests
+from stream.http.views import RedactBadRequests
 
 
 def record(exc: BaseException | None) -> logging.LogRecord:

@@ -18,11 +18,12 @@ from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.protocol.metadata import MetadataRequest
 
 from stream.config import Settings
+from stream.core.errors import PulseError
 
 log = logging.getLogger(__name__)
 
 
-class KafkaSecurityError(RuntimeError):
+class KafkaSecurityError(PulseError):
     """The broker answered but refused this client's security settings."""
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import orjson
 
-from stream.backtest import partition_for, run_backtest
 from stream.config import Settings
 from stream.core.privacy import Pseudonymizer
+from stream.tools.backtest import partition_for, run_backtest
 from tests.integration.helpers import final_click, history
 
-RULES = Path(__file__).resolve().parents[2] / "stream" / "rules.yaml"
+RULES = Path(__file__).resolve().parents[3] / "stream" / "rules.yaml"
 
 BASE = 1_700_000_000_000 - 1_700_000_000_000 % 10_000
 

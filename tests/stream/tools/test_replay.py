@@ -10,7 +10,7 @@ import orjson
 import pandas as pd
 import pytest
 
-from stream.replay import ReplayError, count_records, detect_format, iter_file_records
+from stream.tools.replay import ReplayError, count_records, detect_format, iter_file_records
 
 VIEW = (
     b'{"event_id":"e1","type":"view","event_time":1714564800000,"user_id":"u-1","campaign_id":"c1"}'

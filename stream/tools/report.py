@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from stream.config import Settings
+from stream.core.errors import PulseError
 from stream.core.report import EmptyReportError, metrics_frame, write_report
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ METRICS_FILE = "metrics.jsonl"
 TRIGGERS_FILE = "triggers.jsonl"
 
 
-class TopicMissing(LookupError):
+class TopicMissing(PulseError, LookupError):
     """The topic does not exist on the broker."""
 
 

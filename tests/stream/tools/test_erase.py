@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stream.cli import build_parser
-from stream.erase import EraseReceipt, describe
+from stream.tools.erase import EraseReceipt, describe
 
 
 def receipt(ack: dict | None, key: str = "u1") -> EraseReceipt:

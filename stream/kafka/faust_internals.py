@@ -1,16 +1,23 @@
-"""Batch consumption on Faust without per-event Stream/Event objects.
+"""Every use of a private Faust API, in one place (faust-streaming 0.15.3).
 
-Faust delivers every consumed record to its topic's channel queue as an Event,
-and a Stream then awaits them one by one (a task per event). For the hot
-ingestion path :class:`MessageTopic` keeps the raw consumer ``Message`` in
-the queue and :func:`message_batches` drains it in bulk; offsets are committed
-by Faust as usual once :func:`ack_all` acknowledges the messages.
+Batch consumption without per-event Stream/Event objects: Faust delivers every
+consumed record to its topic's channel queue as an Event, and a Stream then
+awaits them one by one (a task per event). For the hot ingestion path
+:class:`MessageTopic` keeps the raw consumer ``Message`` in the queue and
+:func:`message_batches` drains it in bulk; offsets are committed by Faust as
+usual once :func:`ack_all` acknowledges the messages.
+
+Partition-aware writes into a table's local store (:class:`TableStore`): Faust
+stores pick the partition of a write from the *current event*; batch agents
+have no current event, so they name the partition themselves. Works for the
+in-memory store and for the RocksDB store (``PULSE_STORE=rocksdb``, backed by
+rocksdict), where large state such as 24 h of event ids lives on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import faust
@@ -186,3 +193,35 @@ def partition_progress(app: faust.App, topic: str, partition: int) -> Progress:
         "position": state.position if state.has_valid_position else None,
         "committed": consumer._committed_offset.get(tp),  # type: ignore[attr-defined]
     }
+
+
+class TableStore:
+    """``get`` / ``put(partition, …)`` / ``remove(partition, …)`` over ``table.data``."""
+
+    def __init__(self, table: Any) -> None:
+        self.data = table.data
+        self.rocks = hasattr(self.data, "_db_for_partition")
+        # In memory, read the plain dict: the store's Mapping.get raises and catches
+        # a KeyError for every miss (most event ids), several times slower.
+        self.get: Callable[[Any], Any] = self.data.get if self.rocks else self.data.data.get
+
+    def put(self, partition: int, key: Any, value: Any) -> None:
+        data = self.data
+        if self.rocks:
+            raw_key = data._encode_key(key)
+            data._db_for_partition(partition).put(raw_key, data._encode_value(value))
+            data._key_index[raw_key] = partition
+        else:
+            data.data[key] = value
+            data._key_partition[key] = partition
+
+    def remove(self, partition: int, key: Any) -> None:
+        data = self.data
+        if self.rocks:
+            data._db_for_partition(partition).delete(data._encode_key(key))
+        else:
+            data.data.pop(key, None)
+            data._key_partition.pop(key, None)
+
+    def items(self) -> Iterator[tuple[Any, Any]]:
+        return iter(self.data.items())

@@ -38,8 +38,9 @@ from rich.progress import (
 from rich.text import Text
 
 from stream.config import Settings
+from stream.core.errors import PulseError
 from stream.core.simulator import SimConfig, SimItem, Simulator
-from stream.producer import EventWriter
+from stream.kafka.writer import EventWriter
 
 MAX_ITEMS_PER_REQUEST = 500
 MAX_BODY_BYTES = 500_000  # the collector accepts 512 KB; keep a margin
@@ -47,7 +48,7 @@ MAX_EVENT_BYTES = 32 * 1024
 LAG_TOLERANCE_S = 1.0
 
 
-class SimulationError(RuntimeError):
+class SimulationError(PulseError, RuntimeError):
     """The simulation could not deliver its traffic (e.g. collector unreachable)."""
 
 

@@ -16,7 +16,7 @@ from prometheus_client import Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from stream.metrics import PulseMetrics
+from stream.telemetry import PulseMetrics
 
 
 class CommitLatencySensor(faust.Sensor):

@@ -1,4 +1,4 @@
-"""Unit tests for stream.broker's configuration (no JVM): SASL listener, users, client env."""
+"""Unit tests for stream.tools.broker's configuration (no JVM): SASL listener, users, client env."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from stream.broker import BrokerError, KafkaBroker, parse_sasl_user
 from stream.cli import build_parser
 from stream.config import Settings
+from stream.tools.broker import BrokerError, KafkaBroker, parse_sasl_user
 
 
 def broker(tmp_path: Path, **kwargs: object) -> KafkaBroker:

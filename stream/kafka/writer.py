@@ -14,13 +14,14 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, errors
 
 from stream.config import Settings
+from stream.core.errors import PulseError
 
 KeyValue = tuple[bytes | None, bytes]
 
 log = logging.getLogger(__name__)
 
 
-class KafkaUnavailable(RuntimeError):
+class KafkaUnavailable(PulseError, RuntimeError):
     """Kafka did not acknowledge a write in time."""
 
 

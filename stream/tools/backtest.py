@@ -28,7 +28,7 @@ from stream.core.propensity import model_factory
 from stream.core.triggers import TriggerEngine, load_rules
 from stream.core.validation import receive_time_ms
 from stream.core.windows import PartitionWindows
-from stream.replay import count_records, iter_file_records
+from stream.tools.replay import count_records, iter_file_records
 
 CLOSE_ALL = 2**62
 

@@ -1,4 +1,4 @@
-"""Unit tests for stream.metrics: counters, lag histogram and the exposition format."""
+"""Unit tests for stream.telemetry: counters, lag histogram and the exposition format."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from stream.metrics import LAG_BUCKETS, PulseMetrics
+from stream.telemetry import LAG_BUCKETS, PulseMetrics
 
 NOW = 1_714_564_800_000
 

@@ -1,0 +1,1 @@
+"""HTTP: the collector, the query views and the live page."""

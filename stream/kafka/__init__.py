@@ -1,0 +1,1 @@
+"""Kafka and Faust glue: writer, topics, topic followers, bounded reads, sensors."""

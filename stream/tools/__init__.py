@@ -1,0 +1,1 @@
+"""Tools around the worker: simulator runner, replay, backtest, report, broker, workers."""
