@@ -36,20 +36,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from river import metrics
 
-from stream.core.bandit import Allocator
-from stream.core.dedup import Deduplicator
-from stream.core.ingest import Ingestor, RawRecord
-from stream.core.merge import WindowMerger
-from stream.core.pipeline import MergeStage, PartitionStage
+from stream.core.ingest import RawRecord
+from stream.core.pipeline import CLOSE_ALL, Pipeline, PipelineConfig
 from stream.core.propensity import PropensityModel
 from stream.core.simulator import SimConfig, SimTruth, Simulator
-from stream.core.triggers import TriggerEngine, load_rules
 from stream.tools.backtest import partition_for
 
 ADVERSE = {"campaign.decrease_bid", "campaign.pause", "campaign.alert"}
 WINDOW_MS = 60_000
 GRACE_MS = 30_000
-CLOSE_ALL = 2**62
 #: Labels wait 15 min (over 99 % of simulated purchases come within 15 min of their click), not
 #: the live 24 h default, so that a run of a few simulated hours yields enough of them.
 ATTRIBUTION_MS = 900_000
@@ -96,31 +91,22 @@ def simulate(
     advance: Callable[[int], None],
 ) -> RunResult:
     """Run one simulation through the pure stages; collect triggers and labels."""
-    rules = load_rules()
-    offer = rules["user_offer"]
     ops: list[Op] = []
 
-    def new_model() -> PropensityModel:
-        model = Recording(
-            attribution_ms,
-            min_labels=int(offer.get("min_labels", 200)),
-            min_score=float(offer.get("min_score", 0.5)),
-            window_ms=WINDOW_MS,
-        )
-        model.ops = ops
-        return model
+    class RunRecording(Recording):
+        pass
 
-    stage = PartitionStage(
-        Ingestor(Deduplicator({}, ttl_ms=86_400_000)),
-        lambda: _windows(attribution_ms),
-        new_model,
+    RunRecording.ops = ops
+    config = PipelineConfig.load(
+        window_ms=WINDOW_MS,
+        grace_ms=GRACE_MS,
+        attribution_ms=attribution_ms,
+        partitions=partitions,
+        # The simulator keeps its 50/50 split whatever the weights say, so the SRM rail would
+        # rightly hold every move after the first: off here, to see where the weights converge.
+        srm_alpha=0.0,
     )
-    # The simulator keeps its 50/50 split whatever the weights say, so the SRM rail would
-    # rightly hold every move after the first: off here, to see where the weights converge.
-    allocator = Allocator(srm_alpha=0.0)
-    merge = MergeStage(
-        WindowMerger(partitions, WINDOW_MS), TriggerEngine(rules), lambda _c: None, allocator
-    )
+    stage, merge = Pipeline(config, model_type=RunRecording).stages()
     sim = Simulator(cfg, click_truth=True)
     result = RunResult(sim.truth, cfg, ops=ops)
     offsets = [count() for _ in range(partitions)]
@@ -148,12 +134,6 @@ def simulate(
     result.truth = sim.truth
     result.elapsed_s = time.perf_counter() - started
     return result
-
-
-def _windows(attribution_ms: int) -> Any:
-    from stream.core.windows import PartitionWindows
-
-    return PartitionWindows(WINDOW_MS, GRACE_MS, attribution_ms)
 
 
 # -- figures ---------------------------------------------------------------------------

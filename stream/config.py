@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from stream.core.durations import parse_duration
+from stream.core.pipeline import PipelineConfig
 
 #: Values accepted by PULSE_KAFKA_SECURITY_PROTOCOL and PULSE_KAFKA_SASL_MECHANISM.
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -148,6 +149,18 @@ class Settings:
     def topic(self, name: str) -> str:
         """Full topic name for a short name such as ``events`` or ``events.dlq``."""
         return f"{self.topic_prefix}{name}"
+
+    def pipeline_config(self) -> PipelineConfig:
+        """The stages' config: these times in ms and the rules file, loaded once."""
+        return PipelineConfig.load(
+            self.rules_file or None,
+            window_ms=int(self.window_s * 1000),
+            grace_ms=int(self.grace_s * 1000),
+            attribution_ms=int(self.attribution_window_s * 1000),
+            dedup_ttl_ms=int(self.dedup_ttl_s * 1000),
+            partitions=self.partitions,
+            salt=self.pseudonymize_salt,
+        )
 
     def with_(self, **changes: object) -> Settings:
         """Copy with some fields changed (tests, demo)."""

@@ -1,5 +1,9 @@
 """The processing pipeline as plain data in, plain data out: shared by workers and backtests.
 
+:class:`Pipeline` — built once from a :class:`PipelineConfig` (times in ms,
+rules, offer settings); gives the per-partition stage, the merge stage and
+fresh windows. The worker's runtime, ``pulse backtest`` and ``bench/quality.py``
+all build their stages through it, so a stage added here runs live and offline.
 :class:`PartitionStage` — validate, dedup and window the records of the source
 partitions it holds, and close windows into partials.
 :class:`MergeStage` — merge partials into final window records and evaluate the
@@ -13,15 +17,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from stream.core.bandit import Allocator
+from stream.core.dedup import Deduplicator, PartitionedStore
 from stream.core.ingest import BatchResult, Ingestor, RawRecord, dlq_record
 from stream.core.kpis import metric_record
 from stream.core.merge import EmittedOutputs, WindowMerger
-from stream.core.propensity import PropensityModel
-from stream.core.triggers import TriggerEngine, trigger_id
+from stream.core.propensity import PropensityModel, model_factory
+from stream.core.triggers import TriggerEngine, load_rules, trigger_id
 from stream.core.windows import PartitionWindows, Row, RowKey
+
+#: a watermark past every window: closes all of them (end of a backtest)
+CLOSE_ALL = 2**62
 
 Partial = tuple[int, int, list[tuple[int, dict[RowKey, Row]]]]  # partition, closed_until, windows
 
@@ -262,3 +271,91 @@ class MergeStage:
                 out.records, out.triggers, merger.emitted_until
             )
         return out
+
+
+CampaignSettings = Callable[[str], Mapping[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything the stages need, in milliseconds, with the rules loaded once.
+
+    >>> cfg = PipelineConfig.load(window_ms=60_000, grace_ms=30_000)
+    >>> cfg.partitions, sorted(cfg.rules["rules"])
+    (4, ['ctr_drop', 'ctr_surge', 'cvr_drop'])
+    """
+
+    window_ms: int
+    grace_ms: int
+    attribution_ms: int = 86_400_000
+    dedup_ttl_ms: int = 86_400_000
+    partitions: int = 4
+    rules: Mapping[str, Any] = field(default_factory=dict)
+    salt: str = ""  # PULSE_PSEUDONYMIZE_SALT: pseudonymise at ingest
+    srm_alpha: float | None = None  # the bandit's sample-ratio-mismatch rail (None: default)
+
+    @classmethod
+    def load(cls, rules_file: str | Path | None = None, **kwargs: Any) -> PipelineConfig:
+        """A config with the rules read from ``rules_file`` (default ``stream/rules.yaml``)."""
+        return cls(rules=load_rules(rules_file or None), **kwargs)
+
+
+class Pipeline:
+    """Builds the stages of one pipeline from one :class:`PipelineConfig`.
+
+    ``model_type`` lets a quality run swap in an instrumented propensity model.
+
+    >>> pipe = Pipeline(PipelineConfig.load(window_ms=60_000, grace_ms=30_000))
+    >>> stage, merge = pipe.partition_stage({}), pipe.merge_stage()
+    >>> out = stage.process([(None, b'{"event_id": "e1"}', 0, 0, 1_000)], None)
+    >>> dict(out.result.invalid), merge.add(stage.close(range(4), CLOSE_ALL), None).records
+    ({'schema': 1}, [])
+    """
+
+    def __init__(
+        self, config: PipelineConfig, model_type: type[PropensityModel] = PropensityModel
+    ) -> None:
+        self.config = config
+        self.model_type = model_type
+
+    def new_windows(self) -> PartitionWindows:
+        c = self.config
+        return PartitionWindows(c.window_ms, c.grace_ms, c.attribution_ms)
+
+    def windows_from_state(self, state: Mapping[str, Any]) -> PartitionWindows:
+        c = self.config
+        return PartitionWindows.from_state(state, c.window_ms, c.grace_ms, c.attribution_ms)
+
+    def partition_stage(self, dedup_store: PartitionedStore | dict[str, Any]) -> PartitionStage:
+        """Validate, dedup (ids in ``dedup_store``), window and score, per source partition."""
+        c = self.config
+        ingestor = Ingestor(Deduplicator(dedup_store, ttl_ms=c.dedup_ttl_ms), salt=c.salt)
+        models = model_factory(
+            c.rules["user_offer"], c.attribution_ms, c.window_ms, model_type=self.model_type
+        )
+        return PartitionStage(ingestor, self.new_windows, models)
+
+    def merge_stage(
+        self,
+        campaign_settings: CampaignSettings | None = None,
+        state: Mapping[str, Any] | None = None,
+    ) -> MergeStage:
+        """The merger, trigger engine and allocator, restored from a merger snapshot if given."""
+        c = self.config
+        merger = (
+            WindowMerger.from_state(state, c.partitions, c.window_ms)
+            if state
+            else WindowMerger(c.partitions, c.window_ms)
+        )
+        engine = TriggerEngine(c.rules)
+        allocator = Allocator() if c.srm_alpha is None else Allocator(srm_alpha=c.srm_alpha)
+        if state and "engine" in state:
+            engine.restore(state["engine"])
+            allocator.restore(state.get("allocator", {}))
+        return MergeStage(merger, engine, campaign_settings or (lambda _cid: None), allocator)
+
+    def stages(
+        self, campaign_settings: CampaignSettings | None = None
+    ) -> tuple[PartitionStage, MergeStage]:
+        """Fresh offline stages (ids in a dict): what backtests and quality runs use."""
+        return self.partition_stage({}), self.merge_stage(campaign_settings)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,12 +64,16 @@ SEGMENTS = 4  # bounded: segment ids label metrics
 
 
 def model_factory(
-    config: dict[str, Any], attribution_ms: int, window_ms: int
+    config: Mapping[str, Any],
+    attribution_ms: int,
+    window_ms: int,
+    model_type: type[PropensityModel] | None = None,
 ) -> Callable[[], PropensityModel] | None:
     """A factory for the ``user_offer`` section of the rules file (None when disabled)."""
     if not config.get("enabled", True):
         return None
-    return lambda: PropensityModel(
+    kind = model_type or PropensityModel
+    return lambda: kind(
         attribution_ms,
         min_labels=int(config.get("min_labels", 200)),
         min_score=float(config.get("min_score", 0.5)),

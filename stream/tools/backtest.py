@@ -2,9 +2,8 @@
 
 Records are assigned to partitions exactly as Kafka's default partitioner would
 (murmur2 of the key), stamped with their original receive time, and run
-through the same :class:`~stream.core.pipeline.PartitionStage` and
-:class:`~stream.core.pipeline.MergeStage` the worker uses; at the end every
-partition is closed. Writes ``metrics.jsonl``, ``triggers.jsonl``,
+through the stages the worker builds (:class:`~stream.core.pipeline.Pipeline`);
+at the end every partition is closed. Writes ``metrics.jsonl``, ``triggers.jsonl``,
 ``dlq.jsonl`` and ``summary.json`` (``pulse report --from DIR`` charts them).
 """
 
@@ -20,17 +19,10 @@ import orjson
 from aiokafka.partitioner import murmur2
 
 from stream.config import Settings
-from stream.core.dedup import Deduplicator
-from stream.core.ingest import Ingestor, RawRecord
-from stream.core.merge import WindowMerger
-from stream.core.pipeline import MergeStage, PartitionStage
-from stream.core.propensity import model_factory
-from stream.core.triggers import TriggerEngine, load_rules
+from stream.core.ingest import RawRecord
+from stream.core.pipeline import CLOSE_ALL, Pipeline
 from stream.core.validation import receive_time_ms
-from stream.core.windows import PartitionWindows
 from stream.tools.replay import count_records, iter_file_records
-
-CLOSE_ALL = 2**62
 
 
 def partition_for(key: bytes | None, partitions: int, fallback: int) -> int:
@@ -50,20 +42,9 @@ def run_backtest(
 ) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    size_ms = int(settings.window_s * 1000)
     n_parts = settings.partitions
-    rules = load_rules(settings.rules_file or None)
-    attribution_ms = int(settings.attribution_window_s * 1000)
-    stage = PartitionStage(
-        Ingestor(
-            Deduplicator({}, ttl_ms=int(settings.dedup_ttl_s * 1000)),
-            salt=settings.pseudonymize_salt,  # trigger ids equal the live ones
-        ),
-        lambda: PartitionWindows(size_ms, int(settings.grace_s * 1000), attribution_ms),
-        model_factory(rules["user_offer"], attribution_ms, size_ms),
-    )
-    settings_of = (campaigns or {}).get
-    merge = MergeStage(WindowMerger(n_parts, size_ms), TriggerEngine(rules), settings_of)
+    pipeline = Pipeline(settings.pipeline_config())  # the worker's stages (and salt)
+    stage, merge = pipeline.stages((campaigns or {}).get)
     offsets = [count() for _ in range(n_parts)]
     totals: dict[str, float] = {
         "records": 0,

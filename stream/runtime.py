@@ -1,0 +1,154 @@
+"""What the agents and web views of one worker share; imports no agent and no view.
+
+Imports flow one way: ``stream.app`` -> ``agents`` / ``stream.http`` -> this
+module -> ``stream.core`` (and the Kafka glue in ``stream.kafka``). Agents turn
+a batch into :class:`Send` items (plain data) and :meth:`Runtime.deliver`
+writes them, in order, each acknowledged before the next.
+
+>>> rt = Runtime.offline(Settings.from_env({}))
+>>> rt.stage.process([], None).touched, rt.changelogs["dedup"]
+({}, 'pulse-dedup-changelog')
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import orjson
+
+from stream.config import Settings
+from stream.core.campaigns import CampaignSettingsStore, CampaignView
+from stream.core.dedup import DictStore, PartitionedStore
+from stream.core.pipeline import MergeStage, PartitionStage, Pipeline
+from stream.core.windows import window_start
+from stream.kafka.writer import EventWriter, until_written
+from stream.telemetry import PulseMetrics
+
+log = logging.getLogger(__name__)
+
+#: the tables of a worker: name -> (partitions, what they hold); every one is changelog-backed
+TABLES = {
+    "dedup": ("events", "event_id -> [first_seen_ms, partition, offset]"),
+    "windows": ("events", "source partition -> open windows and watermark"),
+    "clicks": ("events", "user -> [ts, campaign, variant, channel, partition]"),
+    "merger": ("one", "'merger' -> partials merged so far"),
+    "models": ("events", "source partition -> pickled propensity model (base64)"),
+}
+
+Records = list[tuple[bytes | None, bytes | None]]
+ByPartition = dict[int, list[tuple[bytes, bytes | None]]]
+
+
+@dataclass
+class Send:
+    """One acknowledged write: ``records`` keyed (the producer picks the partition) or
+    ``by_partition`` (changelogs: the source partition is given)."""
+
+    topic: str
+    records: Records = field(default_factory=list)
+    by_partition: ByPartition = field(default_factory=dict)
+    what: str = "write"
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self.by_partition)
+
+
+@dataclass
+class Runtime:
+    """State, stages, stores and the writer that one worker's agents and views share."""
+
+    settings: Settings
+    metrics: PulseMetrics
+    writer: EventWriter
+    pipeline: Pipeline
+    #: table name -> store of the local table (Faust's in a worker, dicts offline)
+    stores: dict[str, PartitionedStore] = field(default_factory=dict)
+    #: table name -> its changelog topic
+    changelogs: dict[str, str] = field(default_factory=dict)
+    assigned: bool = False
+    recovered: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_activity: dict[int, float] = field(default_factory=dict)
+    processed_offsets: dict[int, int] = field(default_factory=dict)  # last offset per partition
+    last_checkpoint: float = 0.0
+    campaign_settings: CampaignSettingsStore = field(default_factory=CampaignSettingsStore)
+    campaigns: CampaignView = field(default_factory=CampaignView)
+    _stage: PartitionStage | None = None
+    merge: MergeStage = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name in TABLES:
+            self.changelogs.setdefault(name, f"{self.settings.app_id}-{name}-changelog")
+        self.merge = self.new_merge_stage()
+
+    @classmethod
+    def offline(cls, settings: Settings) -> Runtime:
+        """A runtime over in-memory stores and an unstarted writer (tests drive agents)."""
+        return cls(
+            settings=settings,
+            metrics=PulseMetrics(),
+            writer=EventWriter(settings),
+            pipeline=Pipeline(settings.pipeline_config()),
+            stores={name: DictStore() for name in TABLES},
+        )
+
+    def new_merge_stage(self, state: Mapping[str, Any] | None = None) -> MergeStage:
+        """The merger and trigger engine, restored from a merger snapshot when given."""
+        return self.pipeline.merge_stage(self.campaign_settings.get, state)
+
+    @property
+    def size_ms(self) -> int:
+        return self.pipeline.config.window_ms
+
+    def idle_watermark(self) -> int:
+        """Watermark of a partition idle on the wall clock: now − grace, at a window edge."""
+        grace = self.pipeline.config.grace_ms
+        return window_start(int(time.time() * 1000) - grace, self.size_ms)
+
+    @property
+    def stage(self) -> PartitionStage:
+        """Ingest and windows over the ``dedup`` store (made on first use)."""
+        if self._stage is None:
+            self._stage = self.pipeline.partition_stage(self.stores["dedup"])
+        return self._stage
+
+    async def deliver(self, sends: list[Send]) -> None:
+        """Write each non-empty send in order, retrying each until Kafka acknowledges it."""
+        for send in sends:
+            if send.by_partition:
+                await until_written(
+                    partial(self.writer.send_partitioned, send.topic, send.by_partition), send.what
+                )
+            if send.records:
+                await until_written(
+                    partial(self.writer.send_many, send.records, send.topic), send.what
+                )  # type: ignore[arg-type]
+
+    # -- topics every worker follows in full (stream.kafka.followers.TopicFollower) --------
+
+    def apply_campaign_records(self, records: Records) -> None:
+        """Latest settings per campaign from ``pulse.campaigns`` (a tombstone deletes)."""
+        for key, value in records:
+            if key is not None:
+                try:
+                    self.campaign_settings.apply(
+                        key.decode(), orjson.loads(value) if value else None
+                    )
+                except orjson.JSONDecodeError:
+                    log.warning("ignoring campaign settings for %r: not JSON", key)
+
+    def apply_metric_records(self, records: Records) -> None:
+        for _, value in records:
+            if value:
+                self.campaigns.apply(orjson.loads(value))
+
+    def apply_trigger_records(self, records: Records) -> None:
+        for _, value in records:
+            if value:
+                self.campaigns.add_trigger(orjson.loads(value))
