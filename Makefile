@@ -63,15 +63,15 @@ clean:
 # Pulse vs a raw aiokafka consumer vs Quix Streams on one local broker (not part of the tests);
 # QUICK=1: 200k events, a few minutes. Results also go to bench/results/ (git-ignored).
 bench: $(STAMP)
-	$(BIN)/python bench/windowed_counts.py $(if $(QUICK),--quick,)
+	$(BIN)/python -m bench.windowed_counts $(if $(QUICK),--quick,)
 
 # Trigger, propensity and bandit quality against the simulator's ground truth, no Kafka
 # (bench/quality.py; a few minutes, QUICK=1: about two). Ends with one QUALITY line.
 quality: $(STAMP)
-	$(BIN)/python bench/quality.py $(if $(QUICK),--quick,)
+	$(BIN)/python -m bench.quality $(if $(QUICK),--quick,)
 
 # One worker under a steady simulated rate: RSS slope and consumer lag (samples in bench/results/).
 SOAK_MINUTES ?= 10
 SOAK_RATE ?= 1000
 soak: $(STAMP)
-	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE)
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE)

@@ -8,6 +8,11 @@ then writes an acknowledgement (same key, same partition) that ``pulse erase``
 waits for. Only then is the request's offset acknowledged, so a crash repeats
 the erasure rather than losing it, and a restarted worker restores state
 without the user.
+
+>>> from stream.config import Settings
+>>> agent = EraseAgent(Runtime.offline(Settings.from_env({})))
+>>> agent.handle(b'"u1"', b"not an erase request", 3, 9)
+([], None)
 """
 
 from __future__ import annotations
@@ -23,78 +28,84 @@ import faust
 import orjson
 from prometheus_client import Counter
 
-from stream.app import Runtime
 from stream.core.privacy import read_erase_record, salt_check
-from stream.kafka.faust_internals import TableStore, ack_all, message_batches, message_topic
-from stream.kafka.writer import until_written
+from stream.kafka.faust_internals import ack_all, message_batches, message_topic
+from stream.runtime import ByPartition, Runtime, Send
 
 log = logging.getLogger(__name__)
 
 
-def register(app: faust.App, rt: Runtime) -> Any:
-    s = rt.settings
-    name = s.topic("erasures")
-    topic = message_topic(app, name, s.partitions)
-    changelogs = {t: rt.tables[t].changelog_topic.get_topic_name() for t in ("clicks", "models")}
-    erasures = Counter(
-        "pulse_erasures", "User erase requests applied", ["status"], registry=rt.metrics.registry
-    )
-    own_check = salt_check(s.pseudonymize_salt)
+class EraseAgent:
+    """Apply erase requests from ``pulse.erasures`` and acknowledge each on the same topic."""
 
-    async def write(topic_name: str, records: dict[int, list[tuple[bytes, bytes | None]]]) -> None:
-        if records:
-            await until_written(lambda: rt.writer.send_partitioned(topic_name, records))
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.topic = rt.settings.topic("erasures")
+        self.erasures = Counter(
+            "pulse_erasures",
+            "User erase requests applied",
+            ["status"],
+            registry=rt.metrics.registry,
+        )
+        self.own_check = salt_check(rt.settings.pseudonymize_salt)
 
-    async def erase(user: str) -> dict[str, list[int]]:
-        """Drop the user everywhere this worker holds state; make it durable."""
+    def erase(self, user: str) -> tuple[dict[str, list[int]], list[Send]]:
+        """Drop the user everywhere this worker holds state; the writes that make it durable."""
+        rt = self.rt
         stage = rt.stage
         held = stage.erase_user(user)
-        clicks_table = TableStore(rt.tables["clicks"])
-        stored = clicks_table.get(user)
+        clicks_store = rt.stores["clicks"]
+        stored = clicks_store.get(user)
         parts = set(held["clicks"])
         if stored is not None:
             parts.add(int(stored[4]))
         key = orjson.dumps(user)
-        await write(changelogs["clicks"], {p: [(key, None)] for p in sorted(parts)})
+        tombstones: ByPartition = {p: [(key, None)] for p in sorted(parts)}
         for p in parts:
-            clicks_table.remove(p, user)
-        models: dict[int, list[tuple[bytes, bytes | None]]] = {}
-        models_table = TableStore(rt.tables["models"])
+            clicks_store.remove(p, user)
+        models: ByPartition = {}
+        models_store = rt.stores["models"]
         for p in held["models"]:
             blob = base64.b64encode(pickle.dumps(stage.models[p])).decode()
             models[p] = [(orjson.dumps(str(p)), orjson.dumps(blob))]
-            models_table.put(p, str(p), blob)
-        await write(changelogs["models"], models)
-        return {"clicks": sorted(parts), "models": held["models"]}
+            models_store.put(p, str(p), blob)
+        sends = [
+            Send(rt.changelogs["clicks"], by_partition=tombstones),
+            Send(rt.changelogs["models"], by_partition=models),
+        ]
+        return {"clicks": sorted(parts), "models": held["models"]}, sends
 
-    async def handle(message: Any) -> None:
-        found = read_erase_record(message.key, message.value)
+    def handle(
+        self, key: bytes | None, value: bytes | None, partition: int, offset: int
+    ) -> tuple[list[Send], str | None]:
+        """The writes for one record of ``pulse.erasures`` (the erasure, then its ack), and
+        the request's status (None: not a request)."""
+        found = read_erase_record(key, value)
+        where = f"{self.topic}[{partition}]@{offset}"
         if found is None:
             log.warning(
-                "ignoring an unreadable record at %s[%d]@%d: erase requests are written by "
+                "ignoring an unreadable record at %s: erase requests are written by "
                 "`pulse erase --user ID`",
-                name,
-                message.partition,
-                message.offset,
+                where,
             )
-            return
+            return [], None
         user, request = found
         if "status" in request:  # our own acknowledgement
-            return
+            return [], None
         ack: dict[str, Any] = {"request_id": request["request_id"]}
-        if request.get("salt_check", "") != own_check:
+        sends: list[Send] = []
+        if request.get("salt_check", "") != self.own_check:
             ack["status"] = "salt_mismatch"
             log.error(
-                "erase request %s at %s[%d]@%d was made with a different "
-                "PULSE_PSEUDONYMIZE_SALT than this worker's; nothing was erased: run "
-                "`pulse erase` with the workers' salt",
+                "erase request %s at %s was made with a different PULSE_PSEUDONYMIZE_SALT "
+                "than this worker's; nothing was erased: run `pulse erase` with the workers' "
+                "salt",
                 request["request_id"],
-                name,
-                message.partition,
-                message.offset,
+                where,
             )
         else:
-            ack.update(status="applied", **await erase(user))
+            held, sends = self.erase(user)
+            ack.update(status="applied", **held)
             log.info(
                 "erase request %s applied: last click removed on partitions %s, model "
                 "state on partitions %s",
@@ -103,30 +114,40 @@ def register(app: faust.App, rt: Runtime) -> Any:
                 ack["models"],
             )
         ack["applied_at"] = int(time.time() * 1000)
-        await write(name, {message.partition: [(message.key, orjson.dumps(ack))]})
-        erasures.labels(ack["status"]).inc()
+        sends.append(Send(self.topic, by_partition={partition: [(key or b"", orjson.dumps(ack))]}))
+        return sends, ack["status"]
 
-    @app.task
-    async def apply_erasures() -> None:
-        async for messages in message_batches(topic, 100):
-            while not rt.recovered:  # state must be restored before it can be erased
-                await asyncio.sleep(0.2)
-            done = []
-            async with rt.lock:
-                for message in messages:
-                    try:
-                        await handle(message)
-                    except Exception as exc:  # never stop the worker; never log the user id
-                        log.error(
-                            "erase request at %s[%d]@%d failed (%s); it is retried when the "
-                            "worker restarts",
-                            name,
-                            message.partition,
-                            message.offset,
-                            type(exc).__name__,
-                        )
-                        continue  # not acknowledged: the committed offset stays before it
-                    done.append(message)
-            ack_all(app, done)
+    def count(self, status: str | None) -> None:
+        if status is not None:
+            self.erasures.labels(status).inc()
 
-    return apply_erasures
+    # -- Faust wiring --------------------------------------------------------------------
+
+    def attach(self, app: faust.App) -> None:
+        rt = self.rt
+        topic = message_topic(app, self.topic, rt.settings.partitions)
+
+        @app.task
+        async def apply_erasures() -> None:
+            async for messages in message_batches(topic, 100):
+                while not rt.recovered:  # state must be restored before it can be erased
+                    await asyncio.sleep(0.2)
+                done = []
+                async with rt.lock:
+                    for m in messages:
+                        try:
+                            sends, status = self.handle(m.key, m.value, m.partition, m.offset)
+                            await rt.deliver(sends)
+                            self.count(status)
+                        except Exception as exc:  # never stop the worker; never log the user id
+                            log.error(
+                                "erase request at %s[%d]@%d failed (%s); it is retried when the "
+                                "worker restarts",
+                                self.topic,
+                                m.partition,
+                                m.offset,
+                                type(exc).__name__,
+                            )
+                            continue  # not acknowledged: the committed offset stays before it
+                        done.append(m)
+                ack_all(app, done)

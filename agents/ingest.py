@@ -1,11 +1,19 @@
 """Ingestion on ``pulse.events``: validate → deduplicate → window per partition → partials.
 
-Thin glue around :mod:`stream.core.ingest` and :mod:`stream.core.windows`.
-Per batch, in this order: partials of closed windows are sent (acked), then
-the state changelogs (dedup ids, window snapshots, last clicks) are written
-(acked), and only then are the source offsets acknowledged to Faust. A crash
+Thin glue around :class:`stream.core.pipeline.PartitionStage`. :meth:`IngestAgent.handle`
+turns a batch of raw records into the writes it needs, in this order: DLQ
+records and offers, the dedup changelog, partials of closed windows, then the
+window state changelogs (last clicks, window snapshots, a model checkpoint when
+due). :meth:`IngestAgent.attach` runs it on Faust: the writes are acknowledged
+one after the other and only then are the source offsets acknowledged. A crash
 anywhere replays the batch; offsets stored in the window snapshot make the
 replay idempotent, and the merger ignores partials it has already merged.
+
+>>> from stream.config import Settings
+>>> rt = Runtime.offline(Settings.from_env({}))
+>>> out = IngestAgent(rt).handle([(b"u1", b"not json", 0, 0, 1_000)], now_ms=2_000)
+>>> [s.topic for s in out.sends if s], dict(out.stage.result.invalid)
+(['pulse.events.dlq'], {'invalid_json': 1})
 """
 
 from __future__ import annotations
@@ -14,64 +22,92 @@ import base64
 import logging
 import pickle
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 import orjson
 
-from stream.app import Runtime
 from stream.core.ingest import RawRecord, dlq_record
 from stream.core.merge import encode_windows
+from stream.core.pipeline import StageOutput
 from stream.core.progress import caught_up
 from stream.kafka.faust_internals import ack_all, message_batches, partition_progress
-from stream.kafka.writer import until_written
+from stream.runtime import ByPartition, Runtime, Send
 
 log = logging.getLogger(__name__)
 
-Changelog = dict[int, list[tuple[bytes, bytes | None]]]
+
+@dataclass
+class IngestOutput:
+    """What one batch produced: the writes, in order, and the stage's output (for metrics)."""
+
+    sends: list[Send] = field(default_factory=list)
+    stage: StageOutput | None = None
 
 
-def register(app: faust.App, rt: Runtime) -> Any:
-    s = rt.settings
-    events_topic = rt.topics["events"]
-    dlq_topic = s.topic("events.dlq")
-    partials_topic = s.topic("metrics.partials")
-    triggers_topic = s.topic("triggers")
-    changelogs = {name: rt.tables[name].changelog_topic.get_topic_name() for name in rt.tables}
-    metrics = rt.metrics
-    idle_ms = int((s.window_s + s.grace_s) * 1000)
+class IngestAgent:
+    """Validate, dedup and window ``pulse.events`` batches; emit partials and state."""
 
-    async def send(topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
-        if items:
-            await until_written(lambda: rt.writer.send_many(items, topic))
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        s = rt.settings
+        self.dlq_topic = s.topic("events.dlq")
+        self.partials_topic = s.topic("metrics.partials")
+        self.triggers_topic = s.topic("triggers")
+        self.idle_ms = int((s.window_s + s.grace_s) * 1000)
 
-    async def write_changelog(table: str, by_partition: Changelog) -> None:
-        """One producer batch per partition; keys and values JSON as Faust encodes tables."""
-        if by_partition:
-            topic = changelogs[table]
-            await until_written(lambda: rt.writer.send_partitioned(topic, by_partition))
+    def handle(self, records: list[RawRecord], now_ms: int) -> IngestOutput:
+        """The writes for one batch of ``(key, value, partition, offset, timestamp_ms)``."""
+        rt = self.rt
+        stage = rt.stage
+        out = stage.process(records, now_ms)
+        dedup = stage.ingestor.dedup
+        dedup.expire(now_ms)
+        now = time.monotonic()
+        for p in out.touched:
+            rt.last_activity[p] = now
+        sends = [Send(self.dlq_topic, out.result.dlq + out.late)]
+        sends.append(
+            Send(
+                self.triggers_topic,
+                [(t["target"]["user_id"].encode(), orjson.dumps(t)) for t in out.offers],
+            )
+        )
+        writes: ByPartition = {}
+        for p, event_id, value in dedup.drain_writes():
+            writes.setdefault(p, []).append(
+                (orjson.dumps(event_id), None if value is None else orjson.dumps(value))
+            )
+        sends.append(Send(rt.changelogs["dedup"], by_partition=writes))
+        sends += self.publish(set(out.touched))
+        return IngestOutput(sends, out)
 
-    async def publish(partitions: set[int], idle: bool = False) -> None:
-        """Close what the watermarks allow, send partials, then snapshot window state."""
+    def publish(self, partitions: Iterable[int], idle: bool = False) -> list[Send]:
+        """Close what the watermarks allow: partials, then snapshots of the window state."""
+        rt = self.rt
         stage = rt.stage
         partials = stage.close(partitions, rt.idle_watermark() if idle else None)
-        await send(
-            partials_topic,
-            [
-                (
-                    str(p).encode(),
-                    orjson.dumps(
-                        {"partition": p, "closed_until": cu, "windows": encode_windows(closed)}
-                    ),
-                )
-                for p, cu, closed in partials
-            ],
-        )
-        snapshot = partitions if not idle else {p for p, _, _ in partials}
+        sends = [
+            Send(
+                self.partials_topic,
+                [
+                    (
+                        str(p).encode(),
+                        orjson.dumps(
+                            {"partition": p, "closed_until": cu, "windows": encode_windows(closed)}
+                        ),
+                    )
+                    for p, cu, closed in partials
+                ],
+            )
+        ]
+        snapshot = set(partitions) if not idle else {p for p, _, _ in partials}
         if idle and snapshot:
             log.info("idle partitions %s caught up: windows closed on the wall clock", snapshot)
-        snapshots: Changelog = {}
-        clicks: Changelog = {}
+        snapshots: ByPartition = {}
+        clicks: ByPartition = {}
         for p in snapshot:
             pw = stage.window_state(p)
             snapshots[p] = [(orjson.dumps(str(p)), orjson.dumps(pw.to_state()))]
@@ -83,112 +119,161 @@ def register(app: faust.App, rt: Runtime) -> Any:
                 ]
         # Clicks before the window snapshot: a crash between the two replays the batch
         # (its offsets are not in the snapshot yet), re-deriving the same last clicks.
-        await write_changelog("clicks", clicks)
-        await write_changelog("windows", snapshots)
+        sends.append(Send(rt.changelogs["clicks"], by_partition=clicks))
+        sends.append(Send(rt.changelogs["windows"], by_partition=snapshots))
         now = time.monotonic()
-        if now - rt.last_checkpoint >= s.checkpoint_s:  # models: a bounded checkpoint interval
+        if now - rt.last_checkpoint >= rt.settings.checkpoint_s:  # a bounded checkpoint interval
             rt.last_checkpoint = now
-            models: Changelog = {
+            models: ByPartition = {
                 p: [
                     (orjson.dumps(str(p)), orjson.dumps(base64.b64encode(pickle.dumps(m)).decode()))
                 ]
                 for p, m in stage.models.items()
             }
-            await write_changelog("models", models)
+            sends.append(Send(rt.changelogs["models"], by_partition=models))
+        return sends
 
-    async def handle(messages: list[Any]) -> None:
-        now_ms = int(time.time() * 1000)
-        records: list[RawRecord] = [
-            (m.key, m.value, m.partition, m.offset, int(m.timestamp * 1000)) for m in messages
-        ]
-        stage = rt.stage
-        out = stage.process(records, now_ms)
-        dedup = stage.ingestor.dedup
-        dedup.expire(now_ms)
-        now = time.monotonic()
-        for p in out.touched:
-            rt.last_activity[p] = now
-        await send(dlq_topic, out.result.dlq + out.late)
-        if out.offers:
-            offers = [(t["target"]["user_id"].encode(), orjson.dumps(t)) for t in out.offers]
-            await send(triggers_topic, offers)
-        writes: Changelog = {}
-        for p, event_id, value in dedup.drain_writes():
-            writes.setdefault(p, []).append(
-                (orjson.dumps(event_id), None if value is None else orjson.dumps(value))
-            )
-        await write_changelog("dedup", writes)
-        await publish(set(out.touched))
-        metrics.count_invalid(out.result.invalid)
-        if out.late:
-            metrics.count_invalid({"late": len(out.late)})
-            metrics.late.inc(len(out.late))
-        if out.result.duplicates:
-            metrics.duplicates.inc(out.result.duplicates)
-        metrics.count_events(out.result.valid, now_ms)
-        metrics.count_campaign_events(out.counted)
-        metrics.count_triggers(out.offers, now_ms)
-        metrics.count_suppressed(out.held)
-        metrics.count_segments(out.segments)
-        auc, loss, labels = stage.model_quality()
+    def count(self, out: IngestOutput, now_ms: int) -> None:
+        """Metrics of a delivered batch."""
+        metrics, result = self.rt.metrics, out.stage
+        if result is None:
+            return
+        metrics.count_invalid(result.result.invalid)
+        if result.late:
+            metrics.count_invalid({"late": len(result.late)})
+            metrics.late.inc(len(result.late))
+        if result.result.duplicates:
+            metrics.duplicates.inc(result.result.duplicates)
+        metrics.count_events(result.result.valid, now_ms)
+        metrics.count_campaign_events(result.counted)
+        metrics.count_triggers(result.offers, now_ms)
+        metrics.count_suppressed(result.held)
+        metrics.count_segments(result.segments)
+        auc, loss, labels = self.rt.stage.model_quality()
         if labels:
             metrics.observe_model("propensity", auc, loss)
 
-    @app.task
-    async def ingest() -> None:
-        async for messages in message_batches(events_topic, s.batch_size):
-            async with rt.lock:
-                processed = rt.processed_offsets
-                for m in messages:  # every record, also duplicates and invalid ones
-                    processed[m.partition] = m.offset
-                try:
-                    await handle(messages)
-                except Exception as exc:  # a bug must not stop the worker: DLQ the batch
-                    log.exception(
-                        "ingest batch failed; sending %d records to the DLQ", len(messages)
-                    )
-                    items = [
-                        (
-                            m.key,
-                            dlq_record(
-                                "schema",
-                                f"internal error {exc!r}",
-                                m.value or b"",
-                                int(m.timestamp * 1000),
-                            ),
-                        )
+    def failed(self, records: list[RawRecord], exc: BaseException) -> Send:
+        """A batch that raised goes to the DLQ whole (a bug must not stop the worker)."""
+        items = [
+            (key, dlq_record("schema", f"internal error {exc!r}", value or b"", ts))
+            for key, value, _, _, ts in records
+        ]
+        self.rt.metrics.count_invalid({"schema": len(items)})
+        return Send(self.dlq_topic, items)
+
+    def idle_partitions(self, owned: Iterable[int], progress: Any, now_ms: int) -> set[int]:
+        """Partitions without a valid event for window + grace *and* nothing left to process.
+
+        ``progress(p)`` gives :func:`stream.core.progress.caught_up`'s keyword
+        arguments: a backlog after a restart or a rebalance is processed first,
+        never turned late.
+        """
+        rt, now = self.rt, time.monotonic()
+        return {
+            p
+            for p in owned
+            if (now - rt.last_activity.setdefault(p, now)) * 1000 >= self.idle_ms
+            and caught_up(**progress(p), processed=rt.processed_offsets.get(p), now_ms=now_ms)
+        }
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def restore_dedup(self, items: Iterable[tuple[Any, Any]]) -> int:
+        return self.rt.stage.ingestor.dedup.rebuild(items)
+
+    def restore_windows(
+        self,
+        mine: set[int],
+        windows: Iterable[tuple[Any, Any]],
+        clicks: Iterable[tuple[Any, Any]],
+        models: Iterable[tuple[Any, Any]],
+    ) -> None:
+        """Window snapshots, last clicks and model checkpoints of the partitions in ``mine``."""
+        rt = self.rt
+        stage = rt.stage
+        stage.windows = {
+            int(p): rt.pipeline.windows_from_state(state)
+            for p, state in windows
+            if state is not None and int(p) in mine
+        }
+        for user, c in clicks:
+            if c is not None and c[4] in mine:
+                stage.window_state(c[4]).restore_clicks([(user, c)])
+        for p, blob in models:
+            if blob is not None and int(p) in mine:
+                stage.models[int(p)] = pickle.loads(base64.b64decode(blob))
+
+    def forget(self, partitions: list[int]) -> None:
+        """Revoked partitions: their offsets and dedup index go to the new owner."""
+        for p in partitions:
+            self.rt.processed_offsets.pop(p, None)
+        if self.rt.stage_built:
+            self.rt.stage.ingestor.dedup.forget_partitions(partitions)
+
+    # -- Faust wiring --------------------------------------------------------------------
+
+    def attach(self, app: faust.App, events_topic: Any, tables: dict[str, Any]) -> None:
+        rt, s = self.rt, self.rt.settings
+        events = s.topic("events")
+
+        def owned() -> set[int]:
+            return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == events}
+
+        async def _revoked(app: Any, revoked: Any = (), **kwargs: Any) -> None:
+            self.forget([tp.partition for tp in revoked if tp.topic == events])
+
+        async def _dedup_recovered(**kwargs: Any) -> None:
+            n = self.restore_dedup(tables["dedup"].data.items())
+            log.info("dedup state restored: %d event ids", n)
+
+        async def _windows_recovered(**kwargs: Any) -> None:
+            self.restore_windows(
+                owned(),
+                tables["windows"].data.items(),
+                tables["clicks"].data.items(),
+                tables["models"].data.items(),
+            )
+            rt.recovered = True
+            log.info("window state restored for partitions %s", sorted(rt.stage.windows))
+
+        app.on_partitions_revoked.connect(_revoked)  # type: ignore[arg-type]
+        tables["dedup"].on_recover(_dedup_recovered)
+        tables["windows"].on_recover(_windows_recovered)
+
+        @app.task
+        async def ingest() -> None:
+            async for messages in message_batches(events_topic, s.batch_size):
+                async with rt.lock:
+                    processed = rt.processed_offsets
+                    for m in messages:  # every record, also duplicates and invalid ones
+                        processed[m.partition] = m.offset
+                    records: list[RawRecord] = [
+                        (m.key, m.value, m.partition, m.offset, int(m.timestamp * 1000))
                         for m in messages
                     ]
-                    metrics.count_invalid({"schema": len(items)})
-                    await send(dlq_topic, items)
-            ack_all(app, messages)
+                    now_ms = int(time.time() * 1000)
+                    try:
+                        out = self.handle(records, now_ms)
+                        await rt.deliver(out.sends)
+                        self.count(out, now_ms)
+                    except Exception as exc:  # a bug must not stop the worker: DLQ the batch
+                        log.exception(
+                            "ingest batch failed; sending %d records to the DLQ", len(messages)
+                        )
+                        await rt.deliver([self.failed(records, exc)])
+                ack_all(app, messages)
 
-    @app.timer(interval=1.0)
-    async def close_idle_partitions() -> None:
-        """Idle partitions close their windows on the wall clock, once caught up.
-
-        Idle means no valid event for window + grace seconds *and* nothing left
-        to process (:func:`stream.core.progress.caught_up`): a backlog after a
-        restart or a rebalance is processed first, never turned late.
-        """
-        if not rt.recovered:
-            return
-        events = s.topic("events")
-        async with rt.lock:  # not in the middle of a batch
-            now = time.monotonic()
-            now_ms = int(time.time() * 1000)
-            owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == events}
-            idle = {
-                p
-                for p in owned
-                if (now - rt.last_activity.setdefault(p, now)) * 1000 >= idle_ms
-                and caught_up(
-                    **partition_progress(app, events, p),
-                    processed=rt.processed_offsets.get(p),
-                    now_ms=now_ms,
+        @app.timer(interval=1.0)
+        async def close_idle_partitions() -> None:
+            """Idle partitions close their windows on the wall clock, once caught up."""
+            if not rt.recovered:
+                return
+            async with rt.lock:  # not in the middle of a batch
+                idle = self.idle_partitions(
+                    owned(),
+                    lambda p: partition_progress(app, events, p),
+                    int(time.time() * 1000),
                 )
-            }
-            if idle:
-                await publish(idle, idle=True)
-
-    return ingest
+                if idle:
+                    await rt.deliver(self.publish(idle, idle=True))

@@ -1,6 +1,6 @@
 """How fast one worker (plus its collector) keeps up, measured on a real local broker.
 
-    .venv/bin/python bench/ingest_rate.py --rates 1000,2000,4000 --seconds 30
+    .venv/bin/python -m bench.ingest_rate --rates 1000,2000,4000 --seconds 30
 
 For each rate it runs ``pulse simulate --via http`` against one ``pulse worker``
 and samples the worker's consumer lag (end offsets − committed offsets of its
@@ -14,47 +14,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from stream.config import Settings  # noqa: E402
-from stream.core.simulator import SimConfig  # noqa: E402
-from stream.tools import workerproc  # noqa: E402
-from stream.tools.broker import KafkaBroker, free_port  # noqa: E402
-from stream.tools.simulate import run_simulation  # noqa: E402
-
-
-async def group_lag(bootstrap: str, group: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await admin.start()
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        ends = await consumer.end_offsets(tps)
-        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
-        return sum(
-            ends[tp]
-            - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
-            for tp in tps
-        )
-    finally:
-        await consumer.stop()
-        await admin.close()
+from bench.common import group_lag, slope, start_ready_worker
+from stream.config import Settings
+from stream.core.simulator import SimConfig
+from stream.tools import workerproc
+from stream.tools.broker import KafkaBroker, free_port
+from stream.tools.simulate import run_simulation
 
 
 async def sample_lag(
@@ -67,24 +36,6 @@ async def sample_lag(
         except Exception as exc:
             print(f"  lag sample failed: {exc!r}")
         await asyncio.sleep(2.0)
-
-
-def slope(points: list[tuple[float, int]]) -> float:
-    if len(points) < 3:
-        return 0.0
-    xs, ys = zip(*points, strict=True)
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    den = sum((x - mx) ** 2 for x in xs) or 1.0
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den
-
-
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    proc = workerproc.start_worker(env, log, cwd=ROOT)
-    try:
-        workerproc.wait_ready(f"http://127.0.0.1:{env['PULSE_WEB_PORT']}", proc, timeout_s=120)
-    except workerproc.WorkerNotReady as exc:
-        raise SystemExit(f"{exc}; see {log}") from None
-    return proc
 
 
 async def run_rate(settings: Settings, url: str, rate: float, seconds: float, seed: int) -> dict:
@@ -136,7 +87,7 @@ async def drain(settings: Settings, n: int, log: Path, env: dict[str, str]) -> d
         for i in range(0, len(items), 5000):
             await writer.send_many(items[i : i + 5000])
     t0 = time.monotonic()
-    proc = start_worker(env, log)
+    proc = start_ready_worker(env, log)
     ready = time.monotonic()
     while await group_lag(settings.kafka_bootstrap, settings.app_id, settings.topic("events")) > 0:
         await asyncio.sleep(0.5)
@@ -175,7 +126,7 @@ def main() -> None:
             asyncio.run(ensure_topics_with_retry(settings))
             print("drain:", asyncio.run(drain(settings, args.drain, tmp / "drain.log", env_d)))
         settings = Settings.from_env(env)
-        proc = start_worker(env, tmp / "worker.log")
+        proc = start_ready_worker(env, tmp / "worker.log")
         url = f"http://127.0.0.1:{env['PULSE_WEB_PORT']}"
         try:
             for i, rate in enumerate(float(r) for r in args.rates.split(",") if r):

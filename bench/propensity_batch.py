@@ -7,7 +7,7 @@ at that moment; labels are learned one by one, or buffered and learned with
 ``learn_many`` in mini-batches. Prints learning throughput (labels/s) and the
 ROC AUC after warm-up for each variant, measured in the same run.
 
-    .venv/bin/python bench/propensity_batch.py [--quick]
+    .venv/bin/python -m bench.propensity_batch [--quick]
 """
 
 from __future__ import annotations
@@ -122,8 +122,7 @@ def compare(
 
 
 def main(argv: list[str] | None = None) -> int:
-    sys.path.insert(0, __file__.rsplit("/", 1)[0])
-    import quality
+    from bench import quality  # here: quality.py imports this module (``compare``)
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")

@@ -29,7 +29,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import count
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -322,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             f"≥ 90 % after {b['to90'] if b['to90'] is not None else 'never'} windows"
         )
     if not args.no_batch:
-        from propensity_batch import compare
+        from bench.propensity_batch import compare
 
         n_labels = sum(1 for op in st.ops if op[0] == "label")
         out(f"learn_one vs learn_many (same run, {n_labels:,} labels, AUC after warm-up):")
@@ -357,5 +356,4 @@ def _is_drop(run: RunResult, trigger: dict[str, Any]) -> bool:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.exit(main())

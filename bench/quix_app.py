@@ -1,4 +1,4 @@
-"""The windowed-counts job of ``bench/windowed_counts.py`` written with Quix Streams.
+"""The windowed-counts job of ``bench.windowed_counts`` written with Quix Streams.
 
 Runs in its own virtualenv (``bench/.venv-quix``, ``quixstreams==3.28.1``), started
 by the benchmark as a subprocess; it does not import Pulse.

@@ -1,6 +1,6 @@
 """Soak: one worker under a steady simulated rate for a long time; does memory or lag creep?
 
-    .venv/bin/python bench/soak.py --minutes 10 --rate 1000     # or: make soak
+    .venv/bin/python -m bench.soak --minutes 10 --rate 1000     # or: make soak
 
 Starts a local Kafka broker (``stream.tools.broker.KafkaBroker``) and one ``pulse
 worker``, drives ``pulse simulate --via kafka`` at ``--rate`` events per second
@@ -27,28 +27,9 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from ingest_rate import slope  # noqa: E402
-
-from stream.tools.broker import KafkaBroker, free_port  # noqa: E402
-from stream.tools.workerproc import WorkerNotReady, start_worker, stop_worker, wait_ready  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
-
-
-def rss_mib(pid: int) -> float:
-    """Resident set size of ``pid`` in MiB."""
-    try:
-        import psutil
-    except ImportError:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024  # kB
-        raise RuntimeError(f"no VmRSS for pid {pid}") from None
-    return float(psutil.Process(pid).memory_info().rss) / 2**20
+from bench.common import RESULTS, ROOT, rss_mib, slope, start_ready_worker
+from stream.tools.broker import KafkaBroker, free_port
+from stream.tools.workerproc import stop_worker
 
 
 def scrape(url: str) -> tuple[float, float]:
@@ -100,11 +81,7 @@ def main() -> None:
     worker = sim = None
     samples: list[tuple[float, float, float, float]] = []  # t_s, rss_mib, lag, events
     try:
-        worker = start_worker(env, worker_log, cwd=ROOT)
-        try:
-            wait_ready(url, worker, timeout_s=120)
-        except WorkerNotReady as exc:
-            raise SystemExit(f"{exc}; see {worker_log}") from None
+        worker = start_ready_worker(env, worker_log)
         sim = subprocess.Popen(
             [
                 *(sys.executable, "-m", "stream.cli", "simulate", "--via", "kafka"),

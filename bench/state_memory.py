@@ -1,6 +1,6 @@
 """Worker RSS against campaigns × users, on a real local broker.
 
-    .venv/bin/python bench/state_memory.py --events 200000 --grid 20x10000,200x100000
+    .venv/bin/python -m bench.state_memory --events 200000 --grid 20x10000,200x100000
 
 For each grid point it pre-fills a fresh topic prefix with simulated traffic
 (C campaigns, U users), drains it with one ``pulse worker`` and prints the
@@ -15,32 +15,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from ingest_rate import group_lag, start_worker  # noqa: E402
-
-from stream.cli.common import ensure_topics_with_retry  # noqa: E402
-from stream.config import Settings  # noqa: E402
-from stream.core.simulator import SimConfig, Simulator  # noqa: E402
-from stream.kafka.writer import EventWriter  # noqa: E402
-from stream.tools.broker import KafkaBroker, free_port  # noqa: E402
-from stream.tools.workerproc import stop_worker  # noqa: E402
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from bench.common import group_lag, rss_mib, start_ready_worker
+from stream.cli.common import ensure_topics_with_retry
+from stream.config import Settings
+from stream.core.simulator import SimConfig, Simulator
+from stream.kafka.writer import EventWriter
+from stream.tools.broker import KafkaBroker, free_port
+from stream.tools.workerproc import stop_worker
 
 
 async def fill(settings: Settings, campaigns: int, users: int, events: int) -> int:
@@ -92,7 +79,7 @@ def main() -> None:
             settings = Settings.from_env(env)
             asyncio.run(ensure_topics_with_retry(settings))
             n = asyncio.run(fill(settings, campaigns, users, args.events))
-            proc = start_worker(env, tmp / f"worker{i}.log")
+            proc = start_ready_worker(env, tmp / f"worker{i}.log")
             idle_rss = rss_mib(proc.pid)
             while (
                 asyncio.run(group_lag(broker.bootstrap, settings.app_id, settings.topic("events")))

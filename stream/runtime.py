@@ -27,7 +27,7 @@ from stream.core.campaigns import CampaignSettingsStore, CampaignView
 from stream.core.dedup import DictStore, PartitionedStore
 from stream.core.pipeline import MergeStage, PartitionStage, Pipeline
 from stream.core.windows import window_start
-from stream.kafka.writer import EventWriter, until_written
+from stream.kafka.writer import EventWriter, KeyValue, until_written
 from stream.telemetry import PulseMetrics
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ TABLES = {
     "models": ("events", "source partition -> pickled propensity model (base64)"),
 }
 
-Records = list[tuple[bytes | None, bytes | None]]
+Records = list[tuple[bytes | None, bytes | None]]  # as topic followers hand them over
 ByPartition = dict[int, list[tuple[bytes, bytes | None]]]
 
 
@@ -51,7 +51,7 @@ class Send:
     ``by_partition`` (changelogs: the source partition is given)."""
 
     topic: str
-    records: Records = field(default_factory=list)
+    records: list[KeyValue] = field(default_factory=list)
     by_partition: ByPartition = field(default_factory=dict)
     what: str = "write"
 
@@ -68,7 +68,7 @@ class Runtime:
     writer: EventWriter
     pipeline: Pipeline
     #: table name -> store of the local table (Faust's in a worker, dicts offline)
-    stores: dict[str, PartitionedStore] = field(default_factory=dict)
+    stores: Mapping[str, PartitionedStore] = field(default_factory=dict)
     #: table name -> its changelog topic
     changelogs: dict[str, str] = field(default_factory=dict)
     assigned: bool = False
@@ -118,6 +118,10 @@ class Runtime:
             self._stage = self.pipeline.partition_stage(self.stores["dedup"])
         return self._stage
 
+    @property
+    def stage_built(self) -> bool:
+        return self._stage is not None
+
     async def deliver(self, sends: list[Send]) -> None:
         """Write each non-empty send in order, retrying each until Kafka acknowledges it."""
         for send in sends:
@@ -128,20 +132,31 @@ class Runtime:
             if send.records:
                 await until_written(
                     partial(self.writer.send_many, send.records, send.topic), send.what
-                )  # type: ignore[arg-type]
+                )
 
     # -- topics every worker follows in full (stream.kafka.followers.TopicFollower) --------
 
     def apply_campaign_records(self, records: Records) -> None:
-        """Latest settings per campaign from ``pulse.campaigns`` (a tombstone deletes)."""
+        """Latest settings per campaign from ``pulse.campaigns`` (a tombstone deletes).
+
+        A bad value is logged and counted (``pulse_campaign_settings_rejected_total``);
+        the campaign keeps its previous settings.
+        """
+        rules = self.pipeline.config.rules
         for key, value in records:
-            if key is not None:
-                try:
-                    self.campaign_settings.apply(
-                        key.decode(), orjson.loads(value) if value else None
-                    )
-                except orjson.JSONDecodeError:
-                    log.warning("ignoring campaign settings for %r: not JSON", key)
+            if key is None:
+                continue
+            cid = key.decode(errors="replace")
+            try:
+                parsed = orjson.loads(value) if value else None
+            except orjson.JSONDecodeError:
+                log.warning("rejected settings for campaign %r: the value is not JSON", cid)
+                self.metrics.count_settings_rejected("json")
+                continue
+            rejected = self.campaign_settings.apply(cid, parsed, rules)
+            if rejected is not None:
+                log.warning("campaign %r keeps its previous settings: %s", cid, rejected)
+                self.metrics.count_settings_rejected(rejected.reason)
 
     def apply_metric_records(self, records: Records) -> None:
         for _, value in records:

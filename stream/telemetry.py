@@ -25,6 +25,8 @@ from prometheus_client import (
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
+from stream.core.campaigns import SETTINGS_REASONS
+
 disable_created_metrics()  # no *_created series: they double the scrape for no dashboard use
 
 #: The metric names of the public contract (PRODUCT.md, "Prometheus metric names").
@@ -119,6 +121,14 @@ class PulseMetrics:
         self.http_requests = PromCounter(
             "pulse_http_requests", "Collector requests by status code", ["status"], registry=r
         )
+        self.settings_rejected = PromCounter(
+            "pulse_campaign_settings_rejected",
+            "pulse.campaigns values rejected (the campaign keeps its previous settings)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in SETTINGS_REASONS:  # every bounded reason exported from the start, at 0
+            self.settings_rejected.labels(reason)
         self._children: dict[tuple[str, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -188,6 +198,10 @@ class PulseMetrics:
     def count_invalid(self, reasons: Mapping[str, int]) -> None:
         for reason, n in reasons.items():
             self._child(self.invalid, reason).inc(n)
+
+    def count_settings_rejected(self, reason: str) -> None:
+        """One rejected ``pulse.campaigns`` value; ``reason`` is the setting at fault."""
+        self._child(self.settings_rejected, reason).inc()
 
     def count_http(self, status: int) -> None:
         self._child(self.http_requests, str(status)).inc()

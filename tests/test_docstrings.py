@@ -1,4 +1,4 @@
-"""Every docstring example in ``stream`` runs (as river does with its doctests)."""
+"""Every docstring example in ``stream`` and ``agents`` runs (as river does with its doctests)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import pkgutil
 
 import pytest
 
+import agents
 import stream
 
 MODULES = sorted(
     m.name
-    for m in pkgutil.walk_packages(stream.__path__, "stream.")
+    for pkg in (stream, agents)
+    for m in pkgutil.walk_packages(pkg.__path__, f"{pkg.__name__}.")
     if not m.name.endswith("__main__")
 )
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream.cli.common import ensure_topics_with_retry, settings
 from stream.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from stream.core.rules import Rules
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,9 +27,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_campaign)
 
 
-def settings_body(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``pulse.campaigns`` value ``pulse campaign set`` writes, from its options."""
+def settings_body(args: argparse.Namespace, rules: Rules | None = None) -> dict[str, Any]:
+    """The ``pulse.campaigns`` value ``pulse campaign set`` writes, from its options.
+
+    Checked before anything is written (a ``rules`` override against ``rules``, by
+    default the file ``PULSE_RULES`` names): a bad value is a :class:`ConfigError`.
+    """
     import orjson
+
+    from stream.core.campaigns import check_settings
+    from stream.core.triggers import load_rules
 
     body: dict[str, Any] = {"campaign_id": args.id}
     if args.cost_model:
@@ -45,7 +55,9 @@ def settings_body(args: argparse.Namespace) -> dict[str, Any]:
             body[name] = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body[name] = raw
-    return body
+    if rules is None:
+        rules = load_rules(settings().rules_file or None)
+    return check_settings(args.id, body, rules)
 
 
 def cmd_campaign(args: argparse.Namespace) -> int:

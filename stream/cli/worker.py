@@ -20,8 +20,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from stream.kafka.lognoise import quiet_repeats
 
     found = settings()
+    app = create_app(found)  # reads the rules: a bad file stops here, before Kafka is needed
     asyncio.run(ensure_topics_with_retry(found))
-    app = create_app(found)
     quiet_repeats("aiokafka")  # an outage logs each reconnect attempt; keep a few a minute
     worker = faust.Worker(app, loglevel=found.log_level.upper(), redirect_stdouts=False)
     worker.execute_from_commandline()

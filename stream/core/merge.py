@@ -33,7 +33,6 @@ class WindowMerger:
         self.pending: dict[int, dict[RowKey, Row]] = {}
         self.emitted_until = 0
         self.last_offset = -1
-        self.ignored = 0
 
     def add_partial(
         self, partition: int, closed_until: int, windows: Iterable[tuple[int, Mapping[RowKey, Row]]]
@@ -41,8 +40,7 @@ class WindowMerger:
         before = self.progress.get(partition, -1)
         for ws, rows in windows:
             if ws + self.size_ms <= before or ws + self.size_ms <= self.emitted_until:
-                self.ignored += 1  # already merged (a replayed partial)
-                continue
+                continue  # already merged (a replayed partial)
             target = self.pending.setdefault(ws, {})
             for key, row in rows.items():
                 acc = target.get(key)

@@ -26,6 +26,7 @@ from stream.core.ingest import BatchResult, Ingestor, RawRecord, dlq_record
 from stream.core.kpis import metric_record
 from stream.core.merge import EmittedOutputs, WindowMerger
 from stream.core.propensity import PropensityModel, model_factory
+from stream.core.rules import Rules
 from stream.core.triggers import TriggerEngine, load_rules, trigger_id
 from stream.core.windows import PartitionWindows, Row, RowKey
 
@@ -281,8 +282,8 @@ class PipelineConfig:
     """Everything the stages need, in milliseconds, with the rules loaded once.
 
     >>> cfg = PipelineConfig.load(window_ms=60_000, grace_ms=30_000)
-    >>> cfg.partitions, sorted(cfg.rules["rules"])
-    (4, ['ctr_drop', 'ctr_surge', 'cvr_drop'])
+    >>> cfg.partitions, sorted(cfg.rules.rules), cfg.rules.user_offer.min_labels
+    (4, ['ctr_drop', 'ctr_surge', 'cvr_drop'], 200)
     """
 
     window_ms: int
@@ -290,13 +291,16 @@ class PipelineConfig:
     attribution_ms: int = 86_400_000
     dedup_ttl_ms: int = 86_400_000
     partitions: int = 4
-    rules: Mapping[str, Any] = field(default_factory=dict)
+    rules: Rules = field(default_factory=load_rules)  # typed, validated (stream.core.rules)
     salt: str = ""  # PULSE_PSEUDONYMIZE_SALT: pseudonymise at ingest
     srm_alpha: float | None = None  # the bandit's sample-ratio-mismatch rail (None: default)
 
     @classmethod
     def load(cls, rules_file: str | Path | None = None, **kwargs: Any) -> PipelineConfig:
-        """A config with the rules read from ``rules_file`` (default ``stream/rules.yaml``)."""
+        """A config with the rules read from ``rules_file`` (default ``stream/rules.yaml``).
+
+        A bad rules file raises :class:`~stream.core.rules.RulesError` here, at start.
+        """
         return cls(rules=load_rules(rules_file or None), **kwargs)
 
 
@@ -331,7 +335,7 @@ class Pipeline:
         c = self.config
         ingestor = Ingestor(Deduplicator(dedup_store, ttl_ms=c.dedup_ttl_ms), salt=c.salt)
         models = model_factory(
-            c.rules["user_offer"], c.attribution_ms, c.window_ms, model_type=self.model_type
+            c.rules.user_offer, c.attribution_ms, c.window_ms, model_type=self.model_type
         )
         return PartitionStage(ingestor, self.new_windows, models)
 

@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from river import cluster, compose, linear_model, metrics, optim, preprocessing
 
+from stream.core.rules import UserOffer
 from stream.core.triggers import trigger_id
 
 DAY_MS = 86_400_000
@@ -64,20 +65,26 @@ SEGMENTS = 4  # bounded: segment ids label metrics
 
 
 def model_factory(
-    config: Mapping[str, Any],
+    config: UserOffer,
     attribution_ms: int,
     window_ms: int,
     model_type: type[PropensityModel] | None = None,
 ) -> Callable[[], PropensityModel] | None:
-    """A factory for the ``user_offer`` section of the rules file (None when disabled)."""
-    if not config.get("enabled", True):
+    """A factory for the ``user_offer`` section of the rules file (None when disabled).
+
+    >>> model_factory(UserOffer(enabled=False), 60_000, 60_000) is None
+    True
+    >>> model_factory(UserOffer(min_labels=20), 60_000, 60_000)().min_labels
+    20
+    """
+    if not config.enabled:
         return None
     kind = model_type or PropensityModel
     return lambda: kind(
         attribution_ms,
-        min_labels=int(config.get("min_labels", 200)),
-        min_score=float(config.get("min_score", 0.5)),
-        offer_cap_ms=int(float(config.get("cap_hours", 24)) * 3_600_000),
+        min_labels=config.min_labels,
+        min_score=config.min_score,
+        offer_cap_ms=int(config.cap_hours * 3_600_000),
         window_ms=window_ms,
     )
 

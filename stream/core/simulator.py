@@ -40,7 +40,6 @@ from typing import Any, NamedTuple
 import orjson
 
 SCENARIOS = ("steady", "ctr-drop", "surge")
-KINDS = ("valid", "duplicate", "late", "malformed")
 
 CHANNELS = ("web", "mobile", "email", "social", "search", "display")
 _CHANNEL_WEIGHTS = (0.34, 0.26, 0.08, 0.14, 0.10, 0.08)

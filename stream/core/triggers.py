@@ -18,7 +18,6 @@ replay of the same events repeats the same id.
 from __future__ import annotations
 
 import base64
-import copy
 import hashlib
 import pickle
 from collections import deque
@@ -27,24 +26,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from river import drift
 
 from stream.core.changes import two_proportion
+from stream.core.rules import RULES_FILE, Rule, Rules, parse_override, read_rules
 
-RULES_FILE = Path(__file__).resolve().parents[1] / "rules.yaml"
 
-
-def load_rules(path: str | Path | None = None) -> dict[str, Any]:
-    """Rules from YAML (default: ``stream/rules.yaml``), each merged over ``defaults``."""
-    doc = yaml.safe_load(Path(path or RULES_FILE).read_text())
-    defaults = doc.get("defaults", {})
-    rules = {name: {**defaults, **(spec or {})} for name, spec in doc["rules"].items()}
-    return {
-        "rules": rules,
-        "global": doc.get("global", {}),
-        "user_offer": doc.get("user_offer", {}),
-    }
+def load_rules(path: str | Path | None = None) -> Rules:
+    """The typed rules of ``path`` (default: ``stream/rules.yaml``); bad ones raise
+    :class:`~stream.core.rules.RulesError` naming the file, rule and field."""
+    return read_rules(path or RULES_FILE)
 
 
 def trigger_id(rule: str, target: Mapping[str, str], window_start: int) -> str:
@@ -61,8 +52,11 @@ def _clock(ms: int) -> str:
 
 
 class TriggerEngine:
-    def __init__(self, config: Mapping[str, Any]) -> None:
+    """Rules (typed: :class:`~stream.core.rules.Rules`) with their rails' state per campaign."""
+
+    def __init__(self, config: Rules) -> None:
         self.config = config
+        self._merged: dict[int, tuple[object, Mapping[str, Rule]]] = {}  # id -> override, rules
         self.history: dict[str, deque[tuple[int, int, int, int]]] = {}
         self.armed: dict[str, bool] = {}  # "rule|campaign" -> may fire
         self.last_fired: dict[str, int] = {}  # "rule|campaign" -> window_start
@@ -87,15 +81,24 @@ class TriggerEngine:
         out, self.drifted = self.drifted, []
         return out
 
-    def rules_for(self, overrides: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
-        rules = self.config["rules"]
-        per_campaign = (overrides or {}).get("rules") or {}
-        if not per_campaign:
-            return rules
-        merged = copy.deepcopy(rules)
-        for name, spec in per_campaign.items():
-            if name in merged and isinstance(spec, Mapping):
-                merged[name].update(spec)
+    def rules_for(
+        self, overrides: Mapping[str, Any] | None, campaign_id: str = ""
+    ) -> Mapping[str, Rule]:
+        """The rules for a campaign: its settings' ``rules`` merged over the file's.
+
+        A bad override raises :class:`~stream.core.rules.RulesError` (the settings store rejects
+        those before they get here). Merges are cached per override object.
+        """
+        override = (overrides or {}).get("rules")
+        if not override:
+            return self.config.rules
+        hit = self._merged.get(id(override))
+        if hit is not None and hit[0] is override:  # the same object: its id was not reused
+            return hit[1]
+        merged = parse_override(self.config, override, campaign_id or "?")
+        if len(self._merged) >= 4096:
+            self._merged.clear()
+        self._merged[id(override)] = (override, merged)
         return merged
 
     def evaluate(
@@ -112,39 +115,39 @@ class TriggerEngine:
         """Evaluate every rule on one closed window; return (triggers, [(rule, reason)])."""
         fired: list[dict[str, Any]] = []
         held: list[tuple[str, str]] = []
-        rules = self.rules_for(settings)
+        rules = self.rules_for(settings, campaign_id)
         history = self.history.setdefault(
-            campaign_id, deque(maxlen=max(r["baseline_windows"] for r in rules.values()))
+            campaign_id, deque(maxlen=max((r.baseline_windows for r in rules.values()), default=1))
         )
         for name, rule in rules.items():
-            if not rule.get("enabled", True):
+            if not rule.enabled:
                 continue
-            past = list(history)[-rule["baseline_windows"] :]
-            if rule["metric"] == "ctr":
+            past = list(history)[-rule.baseline_windows :]
+            if rule.metric == "ctr":
                 n, k = views, clicks
                 bn, bk = sum(h[1] for h in past), sum(h[2] for h in past)
             else:  # cvr
                 n, k = clicks, purchases
                 bn, bk = sum(h[2] for h in past), sum(h[3] for h in past)
-            if len(past) < rule["min_baseline_windows"] or bn == 0 or bk == 0:
+            if len(past) < rule.min_baseline_windows or bn == 0 or bk == 0:
                 continue  # no baseline yet: nothing to compare against
             change = two_proportion(k, n, bk, bn)
-            down = rule["direction"] == "down"
+            down = rule.direction == "down"
             signed_z = -change.z if down else change.z
             signed_rel = -change.relative if down else change.relative
             key = f"{name}|{campaign_id}"
-            if signed_z < rule["exit_z"]:
+            if signed_z < rule.exit_z:
                 self.armed[key] = True  # back near baseline: hysteresis re-arms
-            if not (signed_z >= rule["z"] and signed_rel >= rule["min_relative"]):
+            if not (signed_z >= rule.z and signed_rel >= rule.min_relative):
                 continue
-            if n < rule["min_sample"]:
+            if n < rule.min_sample:
                 held.append((name, "min_sample"))
                 continue
             if not self.armed.get(key, True):
                 held.append((name, "hysteresis"))
                 continue
             last = self.last_fired.get(key)
-            if last is not None and window_start - last < rule["cooldown_windows"] * (
+            if last is not None and window_start - last < rule.cooldown_windows * (
                 window_end - window_start
             ):
                 held.append((name, "cooldown"))
@@ -152,16 +155,14 @@ class TriggerEngine:
             minute, count = self.sent_minute
             if now_ms // 60_000 != minute:
                 minute, count = now_ms // 60_000, 0
-            if count >= self.config["global"].get("max_triggers_per_minute", 60):
+            if count >= self.config.global_.max_triggers_per_minute:
                 held.append((name, "rate_limit"))
                 continue
             self.sent_minute = (minute, count + 1)
             self.armed[key] = False
             self.last_fired[key] = window_start
-            severe = signed_rel >= rule.get("severe_relative", 2.0)
-            action = (
-                rule["severe_action"] if severe and rule.get("severe_action") else rule["action"]
-            )
+            severe = signed_rel >= rule.severe_relative
+            action = rule.severe_action if severe and rule.severe_action else rule.action
             fired.append(
                 self._trigger(
                     name,
@@ -186,7 +187,7 @@ class TriggerEngine:
     def _trigger(
         self,
         name: str,
-        rule: Mapping[str, Any],
+        rule: Rule,
         action: str,
         campaign_id: str,
         ws: int,
@@ -200,7 +201,7 @@ class TriggerEngine:
         now_ms: int,
     ) -> dict[str, Any]:
         target = {"campaign_id": campaign_id}
-        label = "CTR" if rule["metric"] == "ctr" else "Conversion rate"
+        label = "CTR" if rule.metric == "ctr" else "Conversion rate"
         verb = "fell" if change.relative < 0 else "rose"
         reason = (
             f"{label} of {campaign_id} {verb} {abs(change.relative) * 100:.0f}% to "
@@ -208,7 +209,7 @@ class TriggerEngine:
             f"baseline of {_pct(change.baseline)} over {windows} windows "
             f"(z={change.z:.1f}, p={change.p_value:.1g})."
         )
-        params: dict[str, Any] = dict(rule.get("params") or {})
+        params: dict[str, Any] = dict(rule.params)
         return {
             "trigger_id": trigger_id(name, target, ws),
             "action": action,
@@ -216,7 +217,7 @@ class TriggerEngine:
             "target": target,
             "reason": reason,
             "evidence": {
-                "metric": rule["metric"],
+                "metric": rule.metric,
                 "window_start": ws,
                 "window_end": we,
                 "trials": n,
@@ -242,7 +243,7 @@ class TriggerEngine:
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        size = max(r["baseline_windows"] for r in self.config["rules"].values())
+        size = self.config.history_size
         self.history = {
             c: deque((tuple(h) for h in rows), maxlen=size)
             for c, rows in state.get("history", {}).items()

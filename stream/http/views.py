@@ -7,7 +7,7 @@ import math
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faust
 import orjson
@@ -16,9 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from stream.core.collector import MAX_BODY_BYTES, RateLimiter, WriteKeys, classify_body
 from stream.kafka.writer import KafkaUnavailable
-
-if TYPE_CHECKING:
-    from stream.app import Runtime
+from stream.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -191,8 +191,13 @@ def partition_progress(app: faust.App, topic: str, partition: int) -> Progress:
         "highwater": state.highwater,
         "polled_ms": state.timestamp,
         "position": state.position if state.has_valid_position else None,
-        "committed": consumer._committed_offset.get(tp),  # type: ignore[attr-defined]
+        "committed": committed_offsets(app).get(tp),
     }
+
+
+def committed_offsets(app: faust.App) -> dict[TP, int]:
+    """The offsets the worker's consumer last committed, per partition."""
+    return app.consumer._committed_offset  # type: ignore[attr-defined]
 
 
 class TableStore:
@@ -225,3 +230,15 @@ class TableStore:
 
     def items(self) -> Iterator[tuple[Any, Any]]:
         return iter(self.data.items())
+
+
+class TableStores(dict[str, TableStore]):
+    """A :class:`TableStore` per table name, made on first use (after recovery)."""
+
+    def __init__(self, tables: dict[str, Any]) -> None:
+        super().__init__()
+        self.tables = tables
+
+    def __missing__(self, name: str) -> TableStore:
+        store = self[name] = TableStore(self.tables[name])
+        return store

@@ -16,6 +16,7 @@ from prometheus_client import Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from stream.kafka.faust_internals import committed_offsets
 from stream.telemetry import PulseMetrics
 
 
@@ -44,7 +45,7 @@ class ConsumerLagCollector(Collector):
         consumer: Any = self.app.consumer
         try:
             assignment = consumer.assignment()
-            committed = consumer._committed_offset
+            committed = committed_offsets(self.app)
         except Exception:  # not started yet
             assignment, committed = set(), {}
         for tp in sorted(assignment):

@@ -35,11 +35,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from stream.config import Settings
 from stream.core.errors import PulseError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VERSION = "3.9.1"
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -80,18 +80,18 @@ class BrokerError(PulseError, RuntimeError):
     """The broker could not be fetched, formatted or started."""
 
 
-def cache_dir(version: str) -> Path:
-    base = Path(os.environ.get("PULSE_KAFKA_CACHE") or "~/.cache/pulse/kafka").expanduser()
-    return base / version
+def cache_dir(version: str, cache: str | None = None) -> Path:
+    """Where the jars of ``version`` live (``PULSE_KAFKA_CACHE`` unless ``cache`` is given)."""
+    return Path(cache or Settings.from_env().kafka_cache).expanduser() / version
 
 
 def major(version: str) -> int:
     return int(version.split(".", 1)[0])
 
 
-def ensure_jars(version: str = DEFAULT_VERSION) -> Path:
+def ensure_jars(version: str, cache: str | None = None) -> Path:
     """Return the directory holding the broker's runtime jars, downloading them once."""
-    target = cache_dir(version)
+    target = cache_dir(version, cache)
     jars = target / "jars"
     marker = target / ".complete"
     if marker.exists():
@@ -223,7 +223,9 @@ class KafkaBroker:
         for name, password in self.sasl_users.items():
             check_scram_user(name, password)
         self.controller_port = controller_port or free_port()
-        self.version = version or os.environ.get("PULSE_KAFKA_VERSION", DEFAULT_VERSION)
+        settings = Settings.from_env()
+        self.version = version or settings.kafka_version
+        self.cache = settings.kafka_cache
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="pulse-kafka-")
@@ -260,8 +262,6 @@ class KafkaBroker:
         """aiokafka keyword arguments for the readiness check (the first SCRAM user)."""
         if not self.sasl_users:
             return {}
-        from stream.config import Settings
-
         return Settings.from_env(self.client_env()).kafka_client_kwargs()
 
     def config(self) -> dict[str, str]:
@@ -335,7 +335,7 @@ class KafkaBroker:
 
     def start(self, timeout_s: float = 90.0) -> KafkaBroker:
         """Fetch jars if needed, format storage, start the JVM and wait for metadata."""
-        jars = ensure_jars(self.version)
+        jars = ensure_jars(self.version, self.cache)
         props, base = self._prepare(jars)
         meta = self.data_dir / "logs" / "meta.properties"
         if not meta.exists():

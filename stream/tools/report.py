@@ -16,121 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from stream.config import Settings
-from stream.core.errors import PulseError
-from stream.core.report import EmptyReportError, metrics_frame, write_report
+from stream.core.report import EmptyReportError, metrics_frame
+from stream.kafka.reading import Advance, ProgressFactory, TopicMissing, read_topic
+from stream.tools.report_files import write_report
 
 log = logging.getLogger(__name__)
 
-Advance = Callable[[int], None]
-#: ``(description, total)`` → a callback advancing that progress task.
-ProgressFactory = Callable[[str, int | None], Advance]
-
 METRICS_FILE = "metrics.jsonl"
 TRIGGERS_FILE = "triggers.jsonl"
-
-
-class TopicMissing(PulseError, LookupError):
-    """The topic does not exist on the broker."""
-
-
-# -- Kafka --------------------------------------------------------------------------------
-
-
-async def read_topic(
-    settings: Settings,
-    topic: str,
-    timeout_s: float = 10,
-    progress: ProgressFactory | None = None,
-) -> list[dict[str, Any]]:
-    """Every JSON-object value of ``topic``, from the first offset to the end offsets.
-
-    End offsets are taken once at start, so records written meanwhile are left for the
-    next report. ``timeout_s`` bounds connecting and any stretch without progress; a
-    broker that stalls longer raises :class:`TimeoutError`. Tombstones are skipped, and
-    so are values that are not JSON objects (counted in a warning). Raises
-    :class:`TopicMissing` when the topic does not exist.
-    """
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.errors import KafkaError
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        client_id=f"{settings.app_id}-report",
-        request_timeout_ms=max(int(timeout_s * 1000), 5000) + 1000,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        **settings.kafka_client_kwargs(),
-    )
-    try:
-        await asyncio.wait_for(consumer.start(), timeout_s)
-    except (TimeoutError, KafkaError, OSError) as exc:
-        await consumer.stop()
-        raise ConnectionError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc!r}); start one with "
-            "`pulse broker`, set PULSE_KAFKA_BOOTSTRAP, or report from a backtest with --from DIR"
-        ) from None
-    out: list[dict[str, Any]] = []
-    skipped = 0
-    try:
-        if topic not in await consumer.topics():  # checked first: never auto-create it
-            raise TopicMissing(topic)
-        consumer.subscribe([topic])  # without a group, every partition is assigned to us
-        deadline = time.monotonic() + timeout_s
-        while not consumer.assignment():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no partition metadata for {topic} within {timeout_s:.0f}s")
-            await asyncio.sleep(0.05)
-        tps = sorted(consumer.assignment())
-        await consumer.seek_to_beginning(*tps)
-        begin = await consumer.beginning_offsets(tps)
-        end = await consumer.end_offsets(tps)
-        total = sum(max(0, end[tp] - begin[tp]) for tp in tps)
-        advance = progress(topic, total) if progress else None
-        pending = {tp for tp in tps if end[tp] > begin[tp]}
-        last_progress = time.monotonic()
-        while pending:
-            batches = await consumer.getmany(*pending, timeout_ms=500, max_records=5000)
-            moved = 0
-            for messages in batches.values():
-                moved += len(messages)
-                for message in messages:
-                    if message.value is None:
-                        continue
-                    try:
-                        value = orjson.loads(message.value)
-                    except orjson.JSONDecodeError:
-                        value = None
-                    if isinstance(value, dict):
-                        out.append(value)
-                    else:
-                        skipped += 1
-                if messages and advance:
-                    advance(len(messages))
-            for tp in list(pending):
-                if await consumer.position(tp) >= end[tp]:
-                    pending.discard(tp)
-            if moved:
-                last_progress = time.monotonic()
-            elif pending and time.monotonic() - last_progress > timeout_s:
-                raise TimeoutError(
-                    f"reading {topic} stalled for {timeout_s:.0f}s with {len(out):,} of about "
-                    f"{total:,} records read; check the broker at {settings.kafka_bootstrap}"
-                )
-    finally:
-        await consumer.stop()
-    if skipped:
-        log.warning("%s: skipped %d records that are not JSON objects", topic, skipped)
-    return out
 
 
 async def records_from_kafka(

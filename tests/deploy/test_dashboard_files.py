@@ -24,8 +24,14 @@ DASHBOARDS = {
     "pipeline-health.json": "Pulse — Pipeline health",
 }
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
-#: Exported beyond the contract (stream.telemetry.CONTRACT_METRICS): collector and Faust sensors.
-EXTRA_METRICS = {"pulse_http_requests_total", "pulse_consumer_lag", "pulse_commit_latency_seconds"}
+#: Exported beyond the contract (stream.telemetry.CONTRACT_METRICS): collector, Faust sensors,
+#: rejected campaign settings.
+EXTRA_METRICS = {
+    "pulse_http_requests_total",
+    "pulse_consumer_lag",
+    "pulse_commit_latency_seconds",
+    "pulse_campaign_settings_rejected_total",
+}
 RANGE_WINDOWS = {"$__rate_interval", "1m"}
 
 FILES = [promql.DASHBOARDS / name for name in DASHBOARDS]

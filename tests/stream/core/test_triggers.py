@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from stream.core.changes import two_proportion
+from stream.core.rules import GlobalRules
 from stream.core.triggers import TriggerEngine, load_rules, trigger_id
 
 W = 60_000
@@ -71,8 +74,7 @@ def test_per_campaign_override_disables_a_rule() -> None:
 
 
 def test_global_rate_limit() -> None:
-    config = load_rules()
-    config["global"]["max_triggers_per_minute"] = 1
+    config = replace(load_rules(), global_=GlobalRules(max_triggers_per_minute=1))
     eng = TriggerEngine(config)
     for cid in ("a", "b"):
         for i, (v, c) in enumerate(BASELINE):

@@ -1,0 +1,129 @@
+"""Bounded reads of whole topics: from the start (or a time) to the end offsets at start.
+
+Used by ``pulse report`` (closed windows and triggers) and by the merge agent,
+which reads its own recent outputs back after a restart to drop repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from stream.config import Settings
+from stream.core.errors import PulseError
+
+log = logging.getLogger(__name__)
+
+Advance = Callable[[int], None]
+#: ``(description, total)`` → a callback advancing that progress task.
+ProgressFactory = Callable[[str, int | None], Advance]
+
+
+class TopicMissing(PulseError, LookupError):
+    """The topic does not exist on the broker."""
+
+
+async def read_topic(
+    settings: Settings,
+    topic: str,
+    timeout_s: float = 10,
+    progress: ProgressFactory | None = None,
+    since_ms: int | None = None,
+    client: str = "report",
+    hint: str = "or report from a backtest with --from DIR",
+) -> list[dict[str, Any]]:
+    """Every JSON-object value of ``topic``, from the first offset to the end offsets.
+
+    With ``since_ms``, from the first record timestamped at or after it instead
+    (the merge agent reads its recent outputs back so).
+    End offsets are taken once at start, so records written meanwhile are left for the
+    next read. ``timeout_s`` bounds connecting and any stretch without progress; a
+    broker that stalls longer raises :class:`TimeoutError`. Tombstones are skipped, and
+    so are values that are not JSON objects (counted in a warning). Raises
+    :class:`TopicMissing` when the topic does not exist.
+    """
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.errors import KafkaError
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        client_id=f"{settings.app_id}-{client}",
+        request_timeout_ms=max(int(timeout_s * 1000), 5000) + 1000,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        **settings.kafka_client_kwargs(),
+    )
+    try:
+        await asyncio.wait_for(consumer.start(), timeout_s)
+    except (TimeoutError, KafkaError, OSError) as exc:
+        await consumer.stop()
+        raise ConnectionError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc!r}); start one with "
+            f"`pulse broker`, set PULSE_KAFKA_BOOTSTRAP, {hint}"
+        ) from None
+    out: list[dict[str, Any]] = []
+    skipped = 0
+    try:
+        if topic not in await consumer.topics():  # checked first: never auto-create it
+            raise TopicMissing(topic)
+        consumer.subscribe([topic])  # without a group, every partition is assigned to us
+        deadline = time.monotonic() + timeout_s
+        while not consumer.assignment():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no partition metadata for {topic} within {timeout_s:.0f}s")
+            await asyncio.sleep(0.05)
+        tps = sorted(consumer.assignment())
+        end = await consumer.end_offsets(tps)
+        if since_ms is None:
+            await consumer.seek_to_beginning(*tps)
+            begin = await consumer.beginning_offsets(tps)
+        else:
+            found = await consumer.offsets_for_times({tp: since_ms for tp in tps})
+            begin = {tp: end[tp] if found[tp] is None else found[tp].offset for tp in tps}
+            for tp in tps:
+                consumer.seek(tp, begin[tp])
+        total = sum(max(0, end[tp] - begin[tp]) for tp in tps)
+        advance = progress(topic, total) if progress else None
+        pending = {tp for tp in tps if end[tp] > begin[tp]}
+        last_progress = time.monotonic()
+        while pending:
+            batches = await consumer.getmany(*pending, timeout_ms=500, max_records=5000)
+            moved = 0
+            for tp, messages in batches.items():
+                moved += len(messages)
+                for message in messages:
+                    if message.value is None or message.offset >= end[tp]:
+                        continue
+                    try:
+                        value = orjson.loads(message.value)
+                    except orjson.JSONDecodeError:
+                        value = None
+                    if isinstance(value, dict):
+                        out.append(value)
+                    else:
+                        skipped += 1
+                if messages and advance:
+                    advance(len(messages))
+            for tp in list(pending):
+                if await consumer.position(tp) >= end[tp]:
+                    pending.discard(tp)
+            if moved:
+                last_progress = time.monotonic()
+            elif pending and time.monotonic() - last_progress > timeout_s:
+                raise TimeoutError(
+                    f"reading {topic} stalled for {timeout_s:.0f}s with {len(out):,} of about "
+                    f"{total:,} records read; check the broker at {settings.kafka_bootstrap}"
+                )
+    finally:
+        await consumer.stop()
+    if skipped:
+        log.warning("%s: skipped %d records that are not JSON objects", topic, skipped)
+    return out
