@@ -33,7 +33,12 @@ from stream.core.ingest import RawRecord, dlq_record
 from stream.core.merge import encode_windows
 from stream.core.pipeline import StageOutput
 from stream.core.progress import caught_up
-from stream.kafka.faust_internals import ack_all, message_batches, partition_progress
+from stream.kafka.faust_internals import (
+    ack_all,
+    message_batches,
+    partition_progress,
+    recovery_pending,
+)
 from stream.runtime import ByPartition, Runtime, Send
 
 log = logging.getLogger(__name__)
@@ -188,21 +193,33 @@ class IngestAgent:
         windows: Iterable[tuple[Any, Any]],
         clicks: Iterable[tuple[Any, Any]],
         models: Iterable[tuple[Any, Any]],
-    ) -> None:
-        """Window snapshots, last clicks and model checkpoints of the partitions in ``mine``."""
+        keep: set[int] | frozenset[int] = frozenset(),
+    ) -> set[int]:
+        """Window snapshots, last clicks and model checkpoints of the partitions in ``mine``.
+
+        Partitions in ``keep`` were owned without a break through the rebalance:
+        their state in memory is the newest (every snapshot was written from it,
+        and a rebalance waits for the batch in progress), so it stays, and so do
+        their models, which a checkpoint up to ``PULSE_CHECKPOINT_INTERVAL`` old
+        would set back. State of partitions not in ``mine`` is dropped. Returns
+        the partitions restored from the changelogs.
+        """
         rt = self.rt
         stage = rt.stage
-        stage.windows = {
-            int(p): rt.pipeline.windows_from_state(state)
-            for p, state in windows
-            if state is not None and int(p) in mine
-        }
+        kept = mine & keep
+        restore = mine - kept
+        stage.windows = {p: pw for p, pw in stage.windows.items() if p in kept}
+        stage.models = {p: m for p, m in stage.models.items() if p in kept}
+        for p, state in windows:
+            if state is not None and int(p) in restore:
+                stage.windows[int(p)] = rt.pipeline.windows_from_state(state)
         for user, c in clicks:
-            if c is not None and c[4] in mine:
+            if c is not None and c[4] in restore:
                 stage.window_state(c[4]).restore_clicks([(user, c)])
         for p, blob in models:
-            if blob is not None and int(p) in mine:
+            if blob is not None and int(p) in restore:
                 stage.models[int(p)] = pickle.loads(base64.b64decode(blob))
+        return restore
 
     def forget(self, partitions: list[int]) -> None:
         """Revoked partitions: their offsets and dedup index go to the new owner."""
@@ -220,31 +237,75 @@ class IngestAgent:
         def owned() -> set[int]:
             return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == events}
 
+        # Recovery barrier. A rebalance bumps rt.generation (after the batch in progress);
+        # a batch read before that, or while this generation's state is still being
+        # restored, is neither processed nor acknowledged: Faust seeks to the committed
+        # offsets once recovery is done, so those records are read again.
+        held: set[int] = set()  # partitions whose state in memory is current
+        restored = {"dedup": -1, "windows": -1}  # generation each restore is done for
+
+        def _restored(what: str) -> None:
+            restored[what] = rt.generation
+            rt.restored_generation = min(restored.values())
+
         async def _revoked(app: Any, revoked: Any = (), **kwargs: Any) -> None:
+            await rt.new_generation()
             self.forget([tp.partition for tp in revoked if tp.topic == events])
 
+        async def _assigned(app: Any, assigned: Any = (), **kwargs: Any) -> None:
+            rt.assigned_generation = rt.generation
+            held.intersection_update(tp.partition for tp in assigned if tp.topic == events)
+
+        def stale() -> bool:
+            """The recovery completing is not the current assignment's: the next one restores."""
+            return recovery_pending(app) or rt.assigned_generation != rt.generation
+
         async def _dedup_recovered(**kwargs: Any) -> None:
+            if stale():
+                return
             n = self.restore_dedup(tables["dedup"].data.items())
+            _restored("dedup")
             log.info("dedup state restored: %d event ids", n)
 
         async def _windows_recovered(**kwargs: Any) -> None:
-            self.restore_windows(
-                owned(),
+            if stale():
+                log.info("a newer rebalance is under way: window state is restored after it")
+                return
+            mine = owned()
+            restored_now = self.restore_windows(
+                mine,
                 tables["windows"].data.items(),
                 tables["clicks"].data.items(),
                 tables["models"].data.items(),
+                keep=held,
             )
+            held.clear()
+            held.update(mine)
             rt.recovered = True
-            log.info("window state restored for partitions %s", sorted(rt.stage.windows))
+            _restored("windows")
+            log.info(
+                "window state restored for partitions %s, kept in memory for %s",
+                sorted(restored_now),
+                sorted(mine - restored_now),
+            )
 
         app.on_partitions_revoked.connect(_revoked)  # type: ignore[arg-type]
+        app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]
         tables["dedup"].on_recover(_dedup_recovered)
         tables["windows"].on_recover(_windows_recovered)
 
         @app.task
         async def ingest() -> None:
             async for messages in message_batches(events_topic, s.batch_size):
+                seen = rt.generation  # read with the batch, before any await
                 async with rt.lock:
+                    if seen != rt.generation or not rt.state_current:
+                        log.info(
+                            "%d records read before or during a rebalance are not processed "
+                            "here: they are read again from the committed offsets",
+                            len(messages),
+                        )
+                        continue
                     processed = rt.processed_offsets
                     for m in messages:  # every record, also duplicates and invalid ones
                         processed[m.partition] = m.offset
@@ -270,6 +331,8 @@ class IngestAgent:
             if not rt.recovered:
                 return
             async with rt.lock:  # not in the middle of a batch
+                if not rt.state_current:  # mid-rebalance: the state is being replaced
+                    return
                 idle = self.idle_partitions(
                     owned(),
                     lambda p: partition_progress(app, events, p),

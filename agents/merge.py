@@ -34,7 +34,7 @@ import orjson
 
 from stream.core.merge import decode_windows
 from stream.core.pipeline import MergeOutput, MergeStage
-from stream.kafka.faust_internals import ack_all, message_batches
+from stream.kafka.faust_internals import ack_all, message_batches, recovery_pending
 from stream.kafka.reading import read_topic
 from stream.runtime import Runtime, Send
 
@@ -150,7 +150,8 @@ class MergeAgent:
     def attach(self, app: faust.App, partials_topic: Any, table: Any) -> None:
         rt, s = self.rt, self.rt.settings
         synced: list[MergeStage] = []  # the stage whose outputs were read back
-        revocations = [0]
+        held = [False]  # the partials partition was owned without a break: rt.merge is current
+        restored = [-1]  # the generation (rt.generation) the merger stage is restored for
         failpoint = os.environ.get(FAILPOINT_ENV, "")
         kill_after = (
             int(failpoint.split(":", 1)[1]) if failpoint.startswith("merger-after-emit:") else 0
@@ -200,25 +201,38 @@ class MergeAgent:
             if result.snapshot is not None:
                 await rt.deliver([result.snapshot])
 
+        def owns_partials() -> bool:
+            return any(tp.topic == self.partials_topic for tp in app.assignor.assigned_actives())
+
         async def _revoked(app: Any, revoked: Any = (), **kwargs: Any) -> None:
             """Let a merge step in progress finish before the partials move to another worker."""
-            if any(tp.topic == self.partials_topic for tp in revoked):
-                revocations[0] += 1
-                async with rt.lock:
-                    pass
+            async with rt.lock:
+                pass
+
+        async def _assigned(app: Any, assigned: Any = (), **kwargs: Any) -> None:
+            rt.assigned_generation = rt.generation
+            held[0] = held[0] and any(tp.topic == self.partials_topic for tp in assigned)
 
         async def _recovered(**kwargs: Any) -> None:
-            rt.merge = rt.new_merge_stage(table.data.get("merger"))
+            """Rebuild the merger from its snapshot unless it kept its partition throughout."""
+            if recovery_pending(app) or rt.assigned_generation != rt.generation:
+                return  # a recovery of an assignment already gone: the next one restores
+            owned = owns_partials()
+            if not held[0]:
+                rt.merge = rt.new_merge_stage(table.data.get("merger"))
+            held[0] = owned
+            restored[0] = rt.generation
 
         app.on_partitions_revoked.connect(_revoked)  # type: ignore[arg-type]
+        app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]
         table.on_recover(_recovered)
 
         @app.task
         async def merge() -> None:
             async for messages in message_batches(partials_topic, 500):
-                seen = revocations[0]
+                seen = rt.generation  # read with the batch, before any await
                 async with rt.lock:
-                    if seen != revocations[0]:
-                        continue  # fetched before a rebalance: the new owner replays them
+                    if seen != rt.generation or restored[0] != rt.generation:
+                        continue  # read before or during a rebalance: read again after it
                     await step(messages)
                 ack_all(app, messages)

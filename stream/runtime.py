@@ -73,6 +73,15 @@ class Runtime:
     changelogs: dict[str, str] = field(default_factory=dict)
     assigned: bool = False
     recovered: bool = False
+    #: bumped under ``lock`` when a rebalance revokes partitions: a batch read before
+    #: it belongs to the old assignment and is not processed (nor acknowledged)
+    generation: int = 0
+    #: the generation whose partition state has been restored; until it equals
+    #: ``generation`` the agents process nothing (the state is being replaced)
+    restored_generation: int = -1
+    #: the generation of the last assignment: a recovery completing after a later
+    #: revocation belongs to an assignment that is already gone
+    assigned_generation: int = -1
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_activity: dict[int, float] = field(default_factory=dict)
     processed_offsets: dict[int, int] = field(default_factory=dict)  # last offset per partition
@@ -101,6 +110,17 @@ class Runtime:
     def new_merge_stage(self, state: Mapping[str, Any] | None = None) -> MergeStage:
         """The merger and trigger engine, restored from a merger snapshot when given."""
         return self.pipeline.merge_stage(self.campaign_settings.get, state)
+
+    @property
+    def state_current(self) -> bool:
+        """True once the state of the current assignment is restored (not mid-rebalance)."""
+        return self.restored_generation == self.generation
+
+    async def new_generation(self) -> int:
+        """A rebalance revokes partitions: wait for the batch in progress, then bump."""
+        async with self.lock:
+            self.generation += 1
+        return self.generation
 
     @property
     def size_ms(self) -> int:

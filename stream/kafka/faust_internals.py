@@ -5,7 +5,9 @@ consumed record to its topic's channel queue as an Event, and a Stream then
 awaits them one by one (a task per event). For the hot ingestion path
 :class:`MessageTopic` keeps the raw consumer ``Message`` in the queue and
 :func:`message_batches` drains it in bulk; offsets are committed by Faust as
-usual once :func:`ack_all` acknowledges the messages.
+usual once :func:`ack_all` acknowledges the messages. That queue (:class:`RawQueue`)
+is emptied when a rebalance starts but not when recovery ends, when Faust's clear
+would drop records fetched after the seek to the committed offsets.
 
 Partition-aware writes into a table's local store (:class:`TableStore`): Faust
 stores pick the partition of a write from the *current event*; batch agents
@@ -24,8 +26,30 @@ import faust
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
+from mode.utils.queues import ThrowableQueue
 
 from stream.core.progress import Progress
+
+
+class RawQueue(ThrowableQueue):
+    """A :class:`MessageTopic`'s queue: emptied when a rebalance starts, not when it ends.
+
+    Faust clears every agent queue when a rebalance suspends the flow (stale
+    records of revoked partitions) *and* again in ``flow_control.resume()`` at
+    the end of recovery. By then the stream partitions are resumed and seeked to
+    their committed offsets, and the fetcher may already have put fresh records
+    into this queue: clearing them loses them, and since their offsets were
+    read, the consumer counts the jump to the next record as an acknowledged gap
+    and commits past them. So a clear with the flow active (the one in
+    ``resume()``) keeps what is queued: the consumer resets each partition to its
+    committed offset on every assignment, so whatever arrives once the flow
+    resumed is in order from there, and a record delivered twice is idempotent
+    for the agents.
+    """
+
+    def clear(self) -> None:
+        if not self._flow_control.is_active():  # suspended: the start of a rebalance, a stop
+            super().clear()
 
 
 class MessageTopic(faust.Topic):
@@ -34,6 +58,15 @@ class MessageTopic(faust.Topic):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.decode = self._keep_message  # type: ignore[method-assign]  # Faust compiles decode per instance
+
+    @property
+    def queue(self) -> RawQueue:
+        if self._queue is None:
+            maxsize = self.maxsize or self.app.conf.stream_buffer_maxsize
+            self._queue = RawQueue(
+                maxsize=maxsize, flow_control=self.app.flow_control, clear_on_resume=True
+            )
+        return self._queue  # type: ignore[return-value]
 
     async def _keep_message(self, message: Any, *, propagate: bool = False) -> Any:
         return message
@@ -174,6 +207,17 @@ def _raw_queue(channels: Iterable[Any]) -> Any:
 def use_batch_consumer(app: faust.App) -> None:
     """Make ``app`` create :class:`BatchConsumer` (call before the worker starts)."""
     app.transport.Consumer = BatchConsumer  # type: ignore[misc]
+
+
+def recovery_pending(app: faust.App) -> bool:
+    """A newer rebalance waits for its recovery, so the one completing now is stale.
+
+    Faust calls the tables' ``on_recover`` callbacks at the end of a recovery even
+    when another rebalance has begun meanwhile (it only checks the generation
+    afterwards): the assignment is the new one then, its changelogs not read yet.
+    The next recovery calls the callbacks again.
+    """
+    return bool(app.tables.recovery.signal_recovery_start.is_set())  # type: ignore[attr-defined]
 
 
 def partition_progress(app: faust.App, topic: str, partition: int) -> Progress:
