@@ -2,7 +2,8 @@
 
 Thin glue around :class:`stream.core.pipeline.PartitionStage`. :meth:`IngestAgent.handle`
 turns a batch of raw records into the writes it needs, in this order: DLQ
-records and offers, the dedup changelog, partials of closed windows, then the
+records and offers, the dedup log (one record of new event ids per partition),
+partials of closed windows, then the
 window state changelogs (last clicks, window snapshots, a model checkpoint when
 due). :meth:`IngestAgent.attach` runs it on Faust: the writes are acknowledged
 one after the other and only then are the source offsets acknowledged. A crash
@@ -22,13 +23,14 @@ import base64
 import logging
 import pickle
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 import orjson
 
+from stream.core.dedup import DedupRecordError
 from stream.core.ingest import RawRecord, dlq_record
 from stream.core.merge import encode_windows
 from stream.core.pipeline import StageOutput
@@ -39,6 +41,7 @@ from stream.kafka.faust_internals import (
     partition_progress,
     recovery_pending,
 )
+from stream.kafka.reading import TopicMissing, read_records
 from stream.runtime import ByPartition, Runtime, Send
 
 log = logging.getLogger(__name__)
@@ -80,12 +83,8 @@ class IngestAgent:
                 [(t["target"]["user_id"].encode(), orjson.dumps(t)) for t in out.offers],
             )
         )
-        writes: ByPartition = {}
-        for p, event_id, value in dedup.drain_writes():
-            writes.setdefault(p, []).append(
-                (orjson.dumps(event_id), None if value is None else orjson.dumps(value))
-            )
-        sends.append(Send(rt.changelogs["dedup"], by_partition=writes))
+        ids: ByPartition = {p: [(b"%d" % p, rec)] for p, rec in dedup.drain_records().items()}
+        sends.append(Send(rt.settings.dedup_log, by_partition=ids, what="dedup log"))
         sends += self.publish(set(out.touched))
         return IngestOutput(sends, out)
 
@@ -184,8 +183,67 @@ class IngestAgent:
 
     # -- recovery ------------------------------------------------------------------------
 
-    def restore_dedup(self, items: Iterable[tuple[Any, Any]]) -> int:
-        return self.rt.stage.ingestor.dedup.rebuild(items)
+    async def restore_dedup(self, partitions: set[int]) -> int:
+        """Rebuild the dedup index of ``partitions`` from the dedup log (and a legacy changelog).
+
+        A record that does not decode stops the restore with its topic, partition
+        and offset: it is never skipped.
+        """
+        if not partitions:
+            return 0
+        s = self.rt.settings
+        dedup = self.rt.stage.ingestor.dedup
+        now_ms = int(time.time() * 1000)
+        rows = await read_records(
+            s,
+            s.dedup_log,
+            timeout_s=60,
+            since_ms=now_ms - s.dedup_log_retention_ms,
+            partitions=partitions,
+            client="dedup-restore",
+        )
+        n = 0
+        for p in sorted(partitions):
+            at = [-1]
+
+            def values(p: int = p, at: list[int] = at) -> Iterator[tuple[int, bytes]]:
+                for part, offset, ts, _, value in rows:
+                    if part == p and value is not None:
+                        at[0] = offset
+                        yield ts, value
+
+            try:
+                n += dedup.restore(p, values(), now_ms)
+            except DedupRecordError as exc:
+                raise DedupRecordError(
+                    f"{s.dedup_log} partition {p} offset {at[0]}: {exc}; the dedup state of "
+                    "this partition cannot be restored (delete the record's segment or the "
+                    "topic to start its dedup afresh)"
+                ) from exc
+        return n + await self.migrate_legacy_dedup(partitions, now_ms)
+
+    async def migrate_legacy_dedup(self, partitions: set[int], now_ms: int) -> int:
+        """Ids of the previous release's compacted ``<app>-dedup-changelog``, if it exists."""
+        s = self.rt.settings
+        try:
+            rows = await read_records(
+                s,
+                f"{s.app_id}-dedup-changelog",
+                timeout_s=60,
+                partitions=partitions,
+                client="dedup-migrate",
+            )
+        except TopicMissing:
+            return 0
+        latest: dict[str, Any] = {}
+        for _, _, _, key, value in rows:
+            if key is not None:
+                latest[orjson.loads(key)] = None if value is None else orjson.loads(value)
+        items = [(k, v) for k, v in latest.items() if v is not None]
+        n = self.rt.stage.ingestor.dedup.restore_legacy(items, now_ms)
+        if n:
+            log.info("dedup: %d ids read from the previous release's changelog", n)
+        return n
 
     def restore_windows(
         self,
@@ -242,11 +300,6 @@ class IngestAgent:
         # restored, is neither processed nor acknowledged: Faust seeks to the committed
         # offsets once recovery is done, so those records are read again.
         held: set[int] = set()  # partitions whose state in memory is current
-        restored = {"dedup": -1, "windows": -1}  # generation each restore is done for
-
-        def _restored(what: str) -> None:
-            restored[what] = rt.generation
-            rt.restored_generation = min(restored.values())
 
         async def _revoked(app: Any, revoked: Any = (), **kwargs: Any) -> None:
             await rt.new_generation()
@@ -260,13 +313,6 @@ class IngestAgent:
             """The recovery completing is not the current assignment's: the next one restores."""
             return recovery_pending(app) or rt.assigned_generation != rt.generation
 
-        async def _dedup_recovered(**kwargs: Any) -> None:
-            if stale():
-                return
-            n = self.restore_dedup(tables["dedup"].data.items())
-            _restored("dedup")
-            log.info("dedup state restored: %d event ids", n)
-
         async def _windows_recovered(**kwargs: Any) -> None:
             if stale():
                 log.info("a newer rebalance is under way: window state is restored after it")
@@ -279,19 +325,28 @@ class IngestAgent:
                 tables["models"].data.items(),
                 keep=held,
             )
+            t0 = time.monotonic()
+            try:
+                ids = await self.restore_dedup(restored_now)
+            except DedupRecordError as exc:  # never skipped: the worker stops, saying where
+                log.critical("%s", exc)
+                raise
+            if stale():  # a newer rebalance began while the dedup log was read
+                return
             held.clear()
             held.update(mine)
             rt.recovered = True
-            _restored("windows")
+            rt.restored_generation = rt.generation
             log.info(
-                "window state restored for partitions %s, kept in memory for %s",
+                "state restored for partitions %s (%d event ids in %.1fs), kept in memory for %s",
                 sorted(restored_now),
+                ids,
+                time.monotonic() - t0,
                 sorted(mine - restored_now),
             )
 
         app.on_partitions_revoked.connect(_revoked)  # type: ignore[arg-type]
         app.on_partitions_assigned.connect(_assigned)  # type: ignore[arg-type]
-        tables["dedup"].on_recover(_dedup_recovered)
         tables["windows"].on_recover(_windows_recovered)
 
         @app.task

@@ -150,6 +150,25 @@ class Settings:
         """Full topic name for a short name such as ``events`` or ``events.dlq``."""
         return f"{self.topic_prefix}{name}"
 
+    @property
+    def dedup_log(self) -> str:
+        """The dedup log topic: one record of new event ids per partition per batch.
+
+        >>> Settings.from_env({}).dedup_log
+        'pulse-dedup-log'
+        """
+        return f"{self.app_id}-dedup-log"
+
+    @property
+    def dedup_log_retention_ms(self) -> int:
+        """Kept for the TTL plus the last segment an id may still be remembered in, plus 1 h.
+
+        >>> Settings.from_env({"PULSE_DEDUP_TTL": "8h"}).dedup_log_retention_ms
+        36000000
+        """
+        ttl = int(self.dedup_ttl_s * 1000)
+        return ttl + ttl // 8 + 3_600_000
+
     def pipeline_config(self) -> PipelineConfig:
         """The stages' config: these times in ms and the rules file, loaded once."""
         return PipelineConfig.load(

@@ -6,8 +6,8 @@ a batch into :class:`Send` items (plain data) and :meth:`Runtime.deliver`
 writes them, in order, each acknowledged before the next.
 
 >>> rt = Runtime.offline(Settings.from_env({}))
->>> rt.stage.process([], None).touched, rt.changelogs["dedup"]
-({}, 'pulse-dedup-changelog')
+>>> rt.stage.process([], None).touched, rt.changelogs["windows"]
+({}, 'pulse-windows-changelog')
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from stream.config import Settings
 from stream.core.campaigns import CampaignSettingsStore, CampaignView
-from stream.core.dedup import DictStore, PartitionedStore
 from stream.core.pipeline import MergeStage, PartitionStage, Pipeline
 from stream.core.windows import window_start
 from stream.kafka.writer import EventWriter, KeyValue, until_written
@@ -32,14 +31,39 @@ from stream.telemetry import PulseMetrics
 
 log = logging.getLogger(__name__)
 
-#: the tables of a worker: name -> (partitions, what they hold); every one is changelog-backed
+#: the tables of a worker: name -> (partitions, what they hold); every one is changelog-backed.
+#: Event ids are not a table: they live in the dedup log (``Settings.dedup_log``).
 TABLES = {
-    "dedup": ("events", "event_id -> [first_seen_ms, partition, offset]"),
     "windows": ("events", "source partition -> open windows and watermark"),
     "clicks": ("events", "user -> [ts, campaign, variant, channel, partition]"),
     "merger": ("one", "'merger' -> partials merged so far"),
     "models": ("events", "source partition -> pickled propensity model (base64)"),
 }
+
+
+class PartitionedStore(Protocol):
+    """Key-value state whose writes name their partition (``faust_internals.TableStore``)."""
+
+    def get(self, key: str) -> Any: ...
+    def put(self, partition: int, key: str, value: Any) -> None: ...
+    def remove(self, partition: int, key: str) -> None: ...
+
+
+class DictStore:
+    """A plain dict as a :class:`PartitionedStore` (offline runtimes, tests)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def put(self, partition: int, key: str, value: Any) -> None:
+        self.data[key] = value
+
+    def remove(self, partition: int, key: str) -> None:
+        self.data.pop(key, None)
+
 
 Records = list[tuple[bytes | None, bytes | None]]  # as topic followers hand them over
 ByPartition = dict[int, list[tuple[bytes, bytes | None]]]
@@ -71,6 +95,8 @@ class Runtime:
     stores: Mapping[str, PartitionedStore] = field(default_factory=dict)
     #: table name -> its changelog topic
     changelogs: dict[str, str] = field(default_factory=dict)
+    #: where the dedup index keeps full event ids (None: in memory)
+    id_dir: str | None = None
     assigned: bool = False
     recovered: bool = False
     #: bumped under ``lock`` when a rebalance revokes partitions: a batch read before
@@ -133,9 +159,9 @@ class Runtime:
 
     @property
     def stage(self) -> PartitionStage:
-        """Ingest and windows over the ``dedup`` store (made on first use)."""
+        """Ingest, dedup and windows (made on first use)."""
         if self._stage is None:
-            self._stage = self.pipeline.partition_stage(self.stores["dedup"])
+            self._stage = self.pipeline.partition_stage(self.id_dir)
         return self._stage
 
     @property

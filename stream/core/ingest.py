@@ -4,7 +4,7 @@ Pure: the Faust agent feeds it ``(key, value, partition, offset, timestamp_ms)``
 tuples and sends what it returns.
 
 >>> from stream.core.dedup import Deduplicator
->>> ing = Ingestor(Deduplicator({}, ttl_ms=86_400_000))
+>>> ing = Ingestor(Deduplicator(ttl_ms=86_400_000))
 >>> ok = b'{"event_id":"e1","type":"view","event_time":1000,"user_id":"u","campaign_id":"c"}'
 >>> r = ing.process([(b"u", ok, 0, 0, 5000), (b"u", ok, 0, 1, 5000), (b"u", b"{", 0, 2, 5000)])
 >>> len(r.valid), r.duplicates, dict(r.invalid)
@@ -68,11 +68,12 @@ class Ingestor:
         self.pseudonymizer = Pseudonymizer(salt) if salt else None
 
     def process(self, records: Iterable[RawRecord], now_ms: int | None = None) -> BatchResult:
+        """Validate every record, then decide duplicates for the valid ones in one call."""
         out = BatchResult()
-        valid_add = out.valid.append
-        source_add = out.sources.append
-        is_dup = self.dedup.is_duplicate
         pseudonymizer = self.pseudonymizer
+        events: list[dict[str, Any]] = []
+        sources: list[tuple[int, int, bytes | None, bytes]] = []
+        seen_ms = now_ms or 0
         for key, value, partition, offset, ts_ms in records:
             received = ts_ms if ts_ms > 0 else (now_ms or 0)
             raw = value if value is not None else b""
@@ -81,9 +82,23 @@ class Ingestor:
                 out.invalid[event.reason] += 1
                 out.dlq.append((key, dlq_record(event.reason, event.detail, raw, received)))
                 continue
-            if is_dup(event["event_id"], partition, offset, now_ms or received):
+            events.append(event)
+            sources.append((partition, offset, key, raw))
+            if not now_ms:
+                seen_ms = max(seen_ms, received)
+        if not events:
+            return out
+        duplicate = self.dedup.check(
+            [e["event_id"] for e in events],
+            [s[0] for s in sources],
+            [s[1] for s in sources],
+            seen_ms,
+        )
+        valid_add, source_add = out.valid.append, out.sources.append
+        for event, source, dup in zip(events, sources, duplicate, strict=True):
+            if dup:
                 out.duplicates += 1
-                continue
-            valid_add(event)
-            source_add((partition, offset, key, raw))
+            else:
+                valid_add(event)
+                source_add(source)
         return out

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.core.bandit import Allocator
-from stream.core.dedup import Deduplicator, PartitionedStore
+from stream.core.dedup import Deduplicator
 from stream.core.ingest import BatchResult, Ingestor, RawRecord, dlq_record
 from stream.core.kpis import metric_record
 from stream.core.merge import EmittedOutputs, WindowMerger
@@ -310,7 +310,7 @@ class Pipeline:
     ``model_type`` lets a quality run swap in an instrumented propensity model.
 
     >>> pipe = Pipeline(PipelineConfig.load(window_ms=60_000, grace_ms=30_000))
-    >>> stage, merge = pipe.partition_stage({}), pipe.merge_stage()
+    >>> stage, merge = pipe.partition_stage(), pipe.merge_stage()
     >>> out = stage.process([(None, b'{"event_id": "e1"}', 0, 0, 1_000)], None)
     >>> dict(out.result.invalid), merge.add(stage.close(range(4), CLOSE_ALL), None).records
     ({'schema': 1}, [])
@@ -330,10 +330,14 @@ class Pipeline:
         c = self.config
         return PartitionWindows.from_state(state, c.window_ms, c.grace_ms, c.attribution_ms)
 
-    def partition_stage(self, dedup_store: PartitionedStore | dict[str, Any]) -> PartitionStage:
-        """Validate, dedup (ids in ``dedup_store``), window and score, per source partition."""
+    def partition_stage(self, id_dir: str | Path | None = None) -> PartitionStage:
+        """Validate, dedup, window and score, per source partition.
+
+        The dedup index is in memory; the full event ids it verifies fingerprint hits
+        against are kept in files under ``id_dir`` (a worker's data dir), else in memory.
+        """
         c = self.config
-        ingestor = Ingestor(Deduplicator(dedup_store, ttl_ms=c.dedup_ttl_ms), salt=c.salt)
+        ingestor = Ingestor(Deduplicator(c.dedup_ttl_ms, id_dir), salt=c.salt)
         models = model_factory(
             c.rules.user_offer, c.attribution_ms, c.window_ms, model_type=self.model_type
         )
@@ -361,5 +365,5 @@ class Pipeline:
     def stages(
         self, campaign_settings: CampaignSettings | None = None
     ) -> tuple[PartitionStage, MergeStage]:
-        """Fresh offline stages (ids in a dict): what backtests and quality runs use."""
-        return self.partition_stage({}), self.merge_stage(campaign_settings)
+        """Fresh offline stages (ids in memory): what backtests and quality runs use."""
+        return self.partition_stage(), self.merge_stage(campaign_settings)

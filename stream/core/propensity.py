@@ -62,6 +62,8 @@ NUMERIC = (
 )
 _NUMERIC = frozenset(NUMERIC)
 SEGMENTS = 4  # bounded: segment ids label metrics
+USER_TTL_MS = 2 * DAY_MS  # idle users kept at least this long (recency_h saturates here)
+SWEEPS_PER_TTL = 8  # per-user state is swept each time event time advances by 1/8 of a TTL
 
 
 def model_factory(
@@ -126,6 +128,24 @@ class PropensityModel:
     recent counts), ``engaged``, ``segments``, ``pending`` / ``pending_users``
     and ``last_offer``; :meth:`erase_user` clears all of them. ``totals`` and
     ``campaign_stats`` are per partition and per campaign, never per user.
+
+    All of it is bounded in event time (``max_ts``, the newest event seen):
+
+    - ``pending`` / ``pending_users``: a click leaves when labelled, or as a
+      negative once ``attribution_ms`` old.
+    - ``users``, ``engaged``, ``segments``: a user idle for more than
+      ``attribution_ms`` is forgotten when their last pending click expires
+      (unconverted clickers); any user idle for more than ``user_ttl_ms``
+      (default the longer of ``attribution_ms`` and :data:`USER_TTL_MS`) with
+      no click in flight, at the next :meth:`sweep` (viewers, converted buyers).
+    - ``last_offer``: an offer older than ``offer_cap_ms + lateness_ms`` caps
+      no event that can still arrive (events reach the model at most
+      ``lateness_ms`` behind ``max_ts``; by default ``attribution_ms``), so
+      :meth:`sweep` drops it.
+
+    :meth:`sweep` runs from :meth:`on_event` each time ``max_ts`` has advanced
+    by 1/:data:`SWEEPS_PER_TTL` of the shorter TTL: one pass over the dicts per
+    sweep, O(1) per event in between.
     """
 
     def __init__(
@@ -135,8 +155,12 @@ class PropensityModel:
         min_score: float = 0.5,
         offer_cap_ms: int = DAY_MS,
         window_ms: int = 60_000,
+        lateness_ms: int | None = None,
+        user_ttl_ms: int | None = None,
     ) -> None:
         self.attribution_ms = attribution_ms
+        self.user_ttl_ms = max(attribution_ms, USER_TTL_MS) if user_ttl_ms is None else user_ttl_ms
+        self.lateness_ms = attribution_ms if lateness_ms is None else lateness_ms
         self.min_labels = min_labels
         self.min_score = min_score
         self.offer_cap_ms = offer_cap_ms
@@ -164,6 +188,7 @@ class PropensityModel:
         self.pending_users: dict[str, list[list[Any]]] = {}
         self.last_offer: dict[str, int] = {}
         self.max_ts = 0
+        self.next_sweep = 0  # max_ts at which on_event() calls sweep()
 
     def rfm(self, user: str, ts: int) -> dict[str, float]:
         """Recency (days, capped at 30), frequency and monetary of a user, log-scaled."""
@@ -252,7 +277,41 @@ class PropensityModel:
                 self.segments.pop(user, None)  # RFM changed: recompute on next use
         self._update_user(user, event)
         self.expire()
+        if self.max_ts >= self.next_sweep:
+            self.sweep()
         return out
+
+    def sweep(self) -> int:
+        """Forget per-user state past its time-to-live; return how many entries went.
+
+        Users idle for more than ``user_ttl_ms`` with no click in flight (their
+        counters, engagement and cached segment) and offers older than
+        ``offer_cap_ms + lateness_ms``. :meth:`on_event` calls it periodically.
+
+        >>> m = PropensityModel(attribution_ms=60_000, user_ttl_ms=60_000)
+        >>> for ts, user in ((0, "a"), (50_000, "b"), (100_000, "c")):
+        ...     _ = m.on_event({"type": "view", "ts": ts, "user_id": user})
+        >>> sorted(m.users)  # swept at the last event: "a" was idle 100 s > 60 s
+        ['b', 'c']
+        """
+        idle_before = self.max_ts - self.user_ttl_ms
+        users, pending = self.users, self.pending_users
+        stale = [u for u, row in users.items() if row[4] < idle_before and u not in pending]
+        for user in stale:
+            del users[user]
+        dropped = len(stale)
+        for per_user in (self.engaged, self.segments):  # kept only for users still held
+            gone = [u for u in per_user if u not in users]
+            for user in gone:
+                del per_user[user]
+            dropped += len(gone)
+        offer_before = self.max_ts - self.offer_cap_ms - self.lateness_ms
+        old = [u for u, ts in self.last_offer.items() if ts < offer_before]
+        for user in old:
+            del self.last_offer[user]
+        ttl = min(self.user_ttl_ms, self.offer_cap_ms + self.lateness_ms)
+        self.next_sweep = self.max_ts + max(1, ttl // SWEEPS_PER_TTL)
+        return dropped + len(old)
 
     def _update_user(self, user: str, event: dict[str, Any]) -> None:
         ts = event["ts"]
@@ -286,10 +345,13 @@ class PropensityModel:
         state[4] = ts
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Restore a checkpoint, including one pickled before the decayed counts existed."""
+        """Restore a checkpoint, including one pickled before the decayed counts or sweeps."""
         self.__dict__.update(state)
         self.__dict__.setdefault("totals", [0, 0, 0])
         self.__dict__.setdefault("campaign_stats", {})
+        self.__dict__.setdefault("lateness_ms", self.attribution_ms)
+        self.__dict__.setdefault("user_ttl_ms", max(self.attribution_ms, USER_TTL_MS))
+        self.__dict__.setdefault("next_sweep", 0)  # sweep at the next event
         if any(isinstance(n, int) for n in self.pending_users.values()):  # counts, not entries
             self.pending = deque(list(item) for item in self.pending)
             self.pending_users = {}

@@ -25,6 +25,7 @@ from typing import Any
 RowKey = tuple[str, str, str]  # campaign_id, variant_id ("" when absent), channel
 Row = list[Any]  # [views, clicks, purchases, revenue]
 TYPE_INDEX = {"view": 0, "click": 1, "purchase": 2}
+SWEEPS_PER_TTL = 8  # last clicks are swept each time event time advances by 1/8 of their TTL
 
 
 def window_start(ts_ms: int, size_ms: int) -> int:
@@ -37,7 +38,17 @@ def window_start(ts_ms: int, size_ms: int) -> int:
 
 
 class PartitionWindows:
-    """Open windows, watermark and last clicks of one source partition."""
+    """Open windows, watermark and last clicks of one source partition.
+
+    Memory is bounded in event time: a window leaves ``open`` when the watermark
+    passes its end, and a user's last click leaves ``last_click`` once no event
+    that is still on time could be attributed to it (older than attribution
+    window + grace + window size behind the newest event). :meth:`close` sweeps
+    ``last_click`` each time the newest event time has advanced by
+    1/:data:`SWEEPS_PER_TTL` of the attribution window: one pass over the dict
+    per sweep, never per event, so it holds at most the users who clicked within
+    ``attribution + grace + size`` plus one sweep period.
+    """
 
     def __init__(self, size_ms: int, grace_ms: int, attribution_ms: int) -> None:
         self.size_ms = size_ms
@@ -50,6 +61,7 @@ class PartitionWindows:
         self.last_offset = -1  # highest source offset already applied (idempotent replays)
         self.unattributed = 0
         self.dirty_clicks: set[str] = set()  # users whose last click changed or expired
+        self.next_sweep = 0  # max_ts at which close() sweeps last clicks (not persisted)
 
     @property
     def watermark(self) -> int:
@@ -99,23 +111,43 @@ class PartitionWindows:
 
         ``watermark`` overrides the partition's own (idle partitions follow the others).
         """
+        if self.max_ts >= self.next_sweep:
+            self.expire_clicks()
         wm = self.watermark if watermark is None else max(watermark, self.watermark)
         if wm <= self.closed_until:
             return []
         self.closed_until = wm
         closed = sorted(ws for ws in self.open if ws + self.size_ms <= wm)
-        out = [(ws, self.open.pop(ws)) for ws in closed]
-        if closed:
-            self.expire_clicks()
-        return out
+        return [(ws, self.open.pop(ws)) for ws in closed]
+
+    @property
+    def click_ttl_ms(self) -> int:
+        """How far behind the newest event a last click can still attribute a purchase.
+
+        An event is counted only if its window ends after the watermark, so its
+        time is above ``max_ts - grace - size``; a click it can take is at most
+        ``attribution`` older. Forgetting older clicks changes no count.
+        """
+        return self.attribution_ms + self.grace_ms + self.size_ms
 
     def expire_clicks(self) -> int:
-        """Forget clicks older than the attribution window (bounded memory)."""
-        cutoff = self.max_ts - self.attribution_ms
+        """Forget last clicks past :attr:`click_ttl_ms` (bounded memory); return how many.
+
+        Forgotten users are marked dirty (their changelog entry gets a tombstone).
+
+        >>> pw = PartitionWindows(size_ms=10, grace_ms=5, attribution_ms=100)
+        >>> for ts, user in ((0, "a"), (50, "b"), (200, "c")):
+        ...     _ = pw.add({"type": "click", "ts": ts, "campaign_id": "c",
+        ...                 "channel": "web", "user_id": user})
+        >>> pw.expire_clicks(), sorted(pw.last_click)  # cutoff 200 - 115 = 85
+        (2, ['c'])
+        """
+        cutoff = self.max_ts - self.click_ttl_ms
         stale = [u for u, c in self.last_click.items() if c[0] < cutoff]
         for user in stale:
             del self.last_click[user]
         self.dirty_clicks.update(stale)
+        self.next_sweep = self.max_ts + max(1, self.attribution_ms // SWEEPS_PER_TTL)
         return len(stale)
 
     def drain_clicks(self) -> list[tuple[str, list[Any] | None]]:

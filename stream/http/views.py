@@ -170,7 +170,11 @@ def register(app: faust.App, rt: Runtime) -> None:
         return _json(200, {"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        checks = {"kafka_writer": rt.writer.started, "partitions_assigned": rt.assigned}
+        checks = {
+            "kafka_writer": rt.writer.started,
+            "partitions_assigned": rt.assigned,
+            "state_restored": rt.recovered,  # once, at start: later rebalances keep it
+        }
         ready = all(checks.values())
         return _json(200 if ready else 503, {"ready": ready, "checks": checks})
 

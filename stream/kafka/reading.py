@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -28,6 +28,10 @@ class TopicMissing(PulseError, LookupError):
     """The topic does not exist on the broker."""
 
 
+#: ``(partition, offset, timestamp_ms, key, value)`` of a record, as :func:`read_records` gives it
+RawRow = tuple[int, int, int, bytes | None, bytes | None]
+
+
 async def read_topic(
     settings: Settings,
     topic: str,
@@ -40,14 +44,49 @@ async def read_topic(
     """Every JSON-object value of ``topic``, from the first offset to the end offsets.
 
     With ``since_ms``, from the first record timestamped at or after it instead
-    (the merge agent reads its recent outputs back so).
-    End offsets are taken once at start, so records written meanwhile are left for the
-    next read. ``timeout_s`` bounds connecting and any stretch without progress; a
-    broker that stalls longer raises :class:`TimeoutError`. Tombstones are skipped, and
-    so are values that are not JSON objects (counted in a warning). Raises
-    :class:`TopicMissing` when the topic does not exist.
+    (the merge agent reads its recent outputs back so). Tombstones are skipped,
+    and so are values that are not JSON objects (counted in a warning). The rest
+    as :func:`read_records`.
     """
-    from aiokafka import AIOKafkaConsumer
+    out: list[dict[str, Any]] = []
+    skipped = 0
+    for *_, raw in await read_records(
+        settings, topic, timeout_s, progress, since_ms, client=client, hint=hint
+    ):
+        if raw is None:
+            continue
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            value = None
+        if isinstance(value, dict):
+            out.append(value)
+        else:
+            skipped += 1
+    if skipped:
+        log.warning("%s: skipped %d records that are not JSON objects", topic, skipped)
+    return out
+
+
+async def read_records(
+    settings: Settings,
+    topic: str,
+    timeout_s: float = 10,
+    progress: ProgressFactory | None = None,
+    since_ms: int | None = None,
+    partitions: Iterable[int] | None = None,
+    client: str = "report",
+    hint: str = "or report from a backtest with --from DIR",
+) -> list[RawRow]:
+    """The records of ``topic`` (or of its ``partitions``) up to the end offsets at start.
+
+    From the first offset, or with ``since_ms`` from the first record timestamped
+    at or after it; in offset order per partition. ``timeout_s`` bounds connecting
+    and any stretch without progress; a broker that stalls longer raises
+    :class:`TimeoutError`. Records written meanwhile are left for the next read.
+    Raises :class:`TopicMissing` when the topic does not exist.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
 
     consumer = AIOKafkaConsumer(
@@ -58,7 +97,8 @@ async def read_topic(
         isolation_level="read_committed",
         client_id=f"{settings.app_id}-{client}",
         request_timeout_ms=max(int(timeout_s * 1000), 5000) + 1000,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
         **settings.kafka_client_kwargs(),
     )
     try:
@@ -69,18 +109,22 @@ async def read_topic(
             f"cannot reach Kafka at {settings.kafka_bootstrap} ({exc!r}); start one with "
             f"`pulse broker`, set PULSE_KAFKA_BOOTSTRAP, {hint}"
         ) from None
-    out: list[dict[str, Any]] = []
-    skipped = 0
+    out: list[RawRow] = []
     try:
         if topic not in await consumer.topics():  # checked first: never auto-create it
             raise TopicMissing(topic)
-        consumer.subscribe([topic])  # without a group, every partition is assigned to us
-        deadline = time.monotonic() + timeout_s
-        while not consumer.assignment():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no partition metadata for {topic} within {timeout_s:.0f}s")
-            await asyncio.sleep(0.05)
+        if partitions is None:
+            consumer.subscribe([topic])  # without a group, every partition is assigned to us
+            deadline = time.monotonic() + timeout_s
+            while not consumer.assignment():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no partition metadata for {topic} within {timeout_s:.0f}s")
+                await asyncio.sleep(0.05)
+        else:
+            consumer.assign([TopicPartition(topic, p) for p in sorted(set(partitions))])
         tps = sorted(consumer.assignment())
+        if not tps:
+            return out
         end = await consumer.end_offsets(tps)
         if since_ms is None:
             await consumer.seek_to_beginning(*tps)
@@ -99,17 +143,12 @@ async def read_topic(
             moved = 0
             for tp, messages in batches.items():
                 moved += len(messages)
-                for message in messages:
-                    if message.value is None or message.offset >= end[tp]:
-                        continue
-                    try:
-                        value = orjson.loads(message.value)
-                    except orjson.JSONDecodeError:
-                        value = None
-                    if isinstance(value, dict):
-                        out.append(value)
-                    else:
-                        skipped += 1
+                stop = end[tp]
+                out.extend(
+                    (tp.partition, m.offset, m.timestamp, m.key, m.value)
+                    for m in messages
+                    if m.offset < stop
+                )
                 if messages and advance:
                     advance(len(messages))
             for tp in list(pending):
@@ -124,6 +163,4 @@ async def read_topic(
                 )
     finally:
         await consumer.stop()
-    if skipped:
-        log.warning("%s: skipped %d records that are not JSON objects", topic, skipped)
     return out

@@ -107,6 +107,20 @@ TOPICS: dict[str, dict[str, str]] = {
 INTERNAL: dict[str, int] = {"metrics.partials": 1}
 
 
+def dedup_log_topic(settings: Settings) -> NewTopic:
+    """The dedup log, co-partitioned with ``pulse.events``: expired by retention, not compacted."""
+    return NewTopic(
+        name=settings.dedup_log,
+        num_partitions=settings.partitions,
+        replication_factor=settings.replication_factor,
+        topic_configs={
+            "cleanup.policy": "delete",
+            "retention.ms": str(settings.dedup_log_retention_ms),
+            "max.message.bytes": str(16 * 1024 * 1024),
+        },
+    )
+
+
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create missing Pulse topics; return the names created."""
     admin = AIOKafkaAdminClient(
@@ -142,6 +156,8 @@ async def ensure_topics(settings: Settings) -> list[str]:
             for short, n in INTERNAL.items()
             if settings.topic(short) not in existing
         ]
+        if settings.dedup_log not in existing:
+            wanted.append(dedup_log_topic(settings))
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
                 await admin.create_topics(wanted)

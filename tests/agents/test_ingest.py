@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 
 from agents.ingest import IngestAgent
+from stream.core.dedup import decode_record
 from stream.core.merge import decode_windows
 from stream.runtime import Runtime
 from tests.agents.conftest import T0, event, sent
@@ -22,14 +23,13 @@ def test_valid_duplicate_and_invalid_records(rt: Runtime) -> None:
     assert out.stage is not None and out.stage.result.duplicates == 1
     dlq = sent(out.sends, "pulse.events.dlq")
     assert [orjson.loads(v)["reason"] for _, _, v in dlq] == ["invalid_json"]  # type: ignore[arg-type]
-    dedup = sent(out.sends, "pulse-dedup-changelog")
-    assert sorted(orjson.loads(k) for _, k, _ in dedup) == ["e1", "e2"]  # type: ignore[arg-type]
-    assert {p for p, _, _ in dedup} == {0}
+    ((p, key, record),) = sent(out.sends, "pulse-dedup-log")  # one record per partition
+    assert (p, key) == (0, b"0") and sorted(decode_record(record).ids) == ["e1", "e2"]  # type: ignore[arg-type]
     (snapshot,) = sent(out.sends, "pulse-windows-changelog")
     assert snapshot[0] == 0 and orjson.loads(snapshot[2])["last_offset"] == 2  # type: ignore[arg-type]
     # order: DLQ and offers, dedup ids, partials, clicks, then the window snapshot
     topics = [s.topic for s in out.sends if s]
-    assert topics.index("pulse-dedup-changelog") < topics.index("pulse-windows-changelog")
+    assert topics.index("pulse-dedup-log") < topics.index("pulse-windows-changelog")
     assert topics.index("pulse-clicks-changelog") < topics.index("pulse-windows-changelog")
 
 
@@ -39,7 +39,7 @@ def test_a_replayed_batch_counts_nothing_twice(rt: Runtime) -> None:
     agent.handle(batch, now_ms=T0)
     again = agent.handle(batch, now_ms=T0 + 1)  # after a crash before the offsets were acked
     assert again.stage is not None and again.stage.counted == []
-    assert sent(again.sends, "pulse-dedup-changelog") == []
+    assert sent(again.sends, "pulse-dedup-log") == []
 
 
 def test_windows_close_into_partials_with_exact_counts(rt: Runtime) -> None:

@@ -143,7 +143,10 @@ async def test_pseudonyms_ip_truncation_consent_and_erase(
         )
         for name in ("triggers", "metrics", "metrics.partials")
     }
-    for table in ("clicks", "models", "windows", "dedup"):
+    dedup_log = await consume_all(kafka.bootstrap, f"{worker_env['PULSE_APP_ID']}-dedup-log")
+    assert dedup_log, "the dedup log holds the batches' event ids"
+    dumps["dedup log"] = b"\n".join(v or b"" for _, v in dedup_log)
+    for table in ("clicks", "models", "windows"):
         records = await changelog(kafka, worker_env, table)
         blobs = model_blobs(records) if table == "models" else {}
         dumps[table] = b"\n".join([(k or b"") + b" " + (v or b"") for k, v in records])

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.core.dedup import Deduplicator
+from stream.core.dedup import Deduplicator, decode_record
 from stream.core.ingest import BatchResult, Ingestor, RawRecord, dlq_record
 from stream.core.validation import MAX_EVENT_BYTES
 
@@ -41,7 +41,7 @@ def too_large_payload(size: int) -> bytes:
 
 
 def ingestor(ttl_ms: int = DAY_MS) -> Ingestor:
-    return Ingestor(Deduplicator({}, ttl_ms=ttl_ms))
+    return Ingestor(Deduplicator(ttl_ms))
 
 
 def decode_dlq(result: BatchResult) -> list[dict[str, Any]]:
@@ -98,8 +98,14 @@ def test_rejected_record_goes_to_the_dlq(value: bytes | None, reason: str, detai
 def test_rejected_record_does_not_touch_dedup_state() -> None:
     ing = ingestor()
     ing.process([(None, b"{", 0, 0, TS), (None, raw(type="hover"), 0, 1, TS)])
-    assert ing.dedup.store.data == {}
-    assert ing.dedup.writes == []
+    assert len(ing.dedup) == 0
+    assert ing.dedup.drain_records() == {}
+
+
+def test_dedup_is_per_partition() -> None:
+    """Copies of an event share its key, so its partition: ids are remembered per partition."""
+    result = ingestor().process([(b"u7", raw("e7"), 2, 1, TS), (b"u8", raw("e7"), 3, 0, TS)])
+    assert [e["event_id"] for e in result.valid] == ["e7", "e7"]
 
 
 def test_mixed_batch() -> None:
@@ -112,7 +118,7 @@ def test_mixed_batch() -> None:
         (None, LARGE, 1, 2, TS + 6),  # too_large
         (b"u6", None, 2, 0, TS + 7),  # None value
         (b"u7", raw("e7", channel="email"), 2, 1, TS + 8),  # valid
-        (b"u8", raw("e7"), 3, 0, TS + 9),  # duplicate of e7 from another partition
+        (b"u7", raw("e7"), 2, 2, TS + 9),  # duplicate of e7 (same key, same partition)
     ]
     result = ingestor().process(records)
 
@@ -244,15 +250,16 @@ def test_valid_events_are_normalised(changes: dict[str, Any], expected: dict[str
 def test_dedup_clock_is_now_when_given(now_ms: int | None, expected_first_seen: int) -> None:
     ing = ingestor()
     ing.process([(b"k", raw("e1"), 2, 9, TS)], now_ms=now_ms)
-    assert ing.dedup.store.data == {"e1": [expected_first_seen, 2, 9]}
-    assert ing.dedup.drain_writes() == [(2, "e1", [expected_first_seen, 2, 9])]
+    record = decode_record(ing.dedup.drain_records()[2])
+    assert (record.seen_ms, record.ids, list(record.offsets)) == (expected_first_seen, ["e1"], [9])
 
 
 def test_duplicates_across_batches_and_after_ttl() -> None:
     ing = ingestor(ttl_ms=1_000)
     first = ing.process([(b"k", raw("e1"), 0, 0, TS)], now_ms=10_000)
     again = ing.process([(b"k", raw("e1"), 0, 1, TS)], now_ms=10_500)
-    later = ing.process([(b"k", raw("e1"), 0, 2, TS)], now_ms=11_000)
+    ing.dedup.expire(11_200)  # remembered for the TTL and at most one segment (TTL/8) longer
+    later = ing.process([(b"k", raw("e1"), 0, 2, TS)], now_ms=11_200)
     assert (len(first.valid), first.duplicates) == (1, 0)
     assert (len(again.valid), again.duplicates) == (0, 1)
     assert (len(later.valid), later.duplicates) == (1, 0)

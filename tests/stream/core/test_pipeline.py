@@ -14,7 +14,7 @@ T0 = 1_714_564_800_000
 
 def test_late_event_goes_to_the_dlq_with_its_original_key_and_text() -> None:
     stage = PartitionStage(
-        Ingestor(Deduplicator({}, ttl_ms=86_400_000), salt="pepper"),  # ids pseudonymised
+        Ingestor(Deduplicator(86_400_000), salt="pepper"),  # ids pseudonymised
         lambda: PartitionWindows(60_000, 5_000, 3_600_000),
     )
     on_time = {"event_id": "e1", "type": "view", "event_time": T0 + 120_000, "user_id": "alice",

@@ -178,7 +178,7 @@ def test_without_salt_ids_stay_and_ip_is_still_truncated() -> None:
 
 
 def test_ingestor_with_salt_emits_no_raw_id() -> None:
-    ing = Ingestor(Deduplicator({}, ttl_ms=86_400_000), salt="salt")
+    ing = Ingestor(Deduplicator(86_400_000), salt="salt")
     result = ing.process([(b"alice", orjson.dumps(event()), 0, 0, T0)])
     assert len(result.valid) == 1
     assert b"alice" not in orjson.dumps(result.valid[0])
@@ -239,7 +239,7 @@ def test_model_erase_user_leaves_no_trace_in_the_pickle() -> None:
 
 def test_stage_erase_user_drops_clicks_and_model_state() -> None:
     stage = PartitionStage(
-        Ingestor(Deduplicator({}, ttl_ms=86_400_000)),
+        Ingestor(Deduplicator(86_400_000)),
         lambda: PartitionWindows(60_000, 5_000, 3_600_000),
         lambda: PropensityModel(attribution_ms=3_600_000),
     )

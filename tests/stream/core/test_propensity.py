@@ -195,3 +195,114 @@ def test_segments_do_not_depend_on_the_hash_seed() -> None:
         for seed in ("0", "1", "2")
     }
     assert len(outs) == 1
+
+
+# --- bounded per-user state: every structure forgets users past its TTL, in event time ---
+
+TTL = 30 * MIN  # user_ttl_ms in these tests (attribution 10 min)
+
+
+def bounded_model() -> PropensityModel:
+    return PropensityModel(
+        attribution_ms=10 * MIN, min_labels=0, min_score=0.0, offer_cap_ms=5 * MIN, user_ttl_ms=TTL
+    )
+
+
+def active_within(times: dict[str, int], now: int, ttl: int) -> int:
+    """Users whose last event is within ``ttl`` plus one sweep period of ``now``."""
+    period = min(TTL, 5 * MIN + 10 * MIN) // 8
+    return sum(1 for t in times.values() if now - t <= ttl + period)
+
+
+def test_viewers_are_forgotten_after_the_user_ttl() -> None:
+    m, last, peak = bounded_model(), {}, 0
+    for i in range(4 * TTL // 5_000):  # a new user every 5 s for 4 TTLs
+        ts, user = i * 5_000, f"viewer{i}"
+        m.on_event(view(ts, user))
+        m.on_event(view(ts, "regular"))  # active throughout: keeps their counters
+        last[user] = last["regular"] = ts
+        assert len(m.users) <= active_within(last, ts, TTL)
+        assert len(m.segments) <= len(m.users)
+        peak = max(peak, len(m.users))
+    assert peak < len(last) // 3
+    assert m.users["regular"][0] == len(last) - 1  # every view of the regular user
+
+
+def test_buyers_engagement_and_segments_are_forgotten_after_the_user_ttl() -> None:
+    # clicks labelled positive by a purchase never expire as negatives: only sweeps drop them
+    m, last = bounded_model(), {}
+    for i in range(4 * TTL // 10_000):
+        ts, user = i * 10_000, f"buyer{i}"
+        m.on_event(click(ts, user))
+        m.on_event(purchase(ts + 1_000, user))
+        last[user] = ts + 1_000
+        bound = active_within(last, ts + 1_000, TTL)
+        assert len(m.users) <= bound and len(m.engaged) <= bound
+        assert len(m.segments) <= bound and len(m.pending_users) <= bound
+    assert len(m.users) < len(last) // 3
+    assert set(m.engaged) <= set(m.users) and set(m.segments) <= set(m.users)
+    recent = f"buyer{len(last) - 1}"
+    assert m.users[recent][2] == 1 and m.engaged[recent] == {"c": 1}
+
+
+def test_pending_clicks_are_bounded_by_the_attribution_window() -> None:
+    m, last = bounded_model(), {}
+    for i in range(4 * TTL // 5_000):
+        ts, user = i * 5_000, f"clicker{i}"
+        m.on_event(click(ts, user))
+        last[user] = ts
+        assert len(m.pending) <= active_within(last, ts, 10 * MIN)
+        assert len(m.pending_users) <= active_within(last, ts, 10 * MIN)
+    assert len(m.users) <= active_within(last, m.max_ts, 10 * MIN)  # unconverted: forgotten
+
+
+def test_offer_caps_are_forgotten_once_they_cap_nothing() -> None:
+    m, last = bounded_model(), {}
+    for i in range(4 * TTL // 5_000):
+        ts, user = i * 5_000, f"u{i % 500}"  # 500 users cycling every 2500 s
+        out = m.on_event(click(ts, user))
+        if out.offers:
+            last[user] = ts
+        assert len(m.last_offer) <= active_within(last, ts, 5 * MIN + 10 * MIN)
+    assert len(m.last_offer) < 500 // 2  # kept for cap + lateness: ~1000 s of 2500 s
+    user = f"u{(4 * TTL // 5_000 - 1) % 500}"
+    assert m.on_event(click(m.max_ts + MIN, user)).held == [("user_offer", "frequency_cap")]
+
+
+class NeverSweeps(PropensityModel):
+    def sweep(self) -> int:
+        self.next_sweep = 2**62
+        return 0
+
+
+def test_sweeps_change_no_offer_even_out_of_order() -> None:
+    import random
+
+    rnd = random.Random(5)
+    a, b = (
+        cls(10 * MIN, min_labels=0, min_score=0.0, offer_cap_ms=3 * MIN, user_ttl_ms=10**15)
+        for cls in (PropensityModel, NeverSweeps)
+    )
+    t = 0
+    for _ in range(3000):
+        t += rnd.randrange(0, 2_000)
+        ts = max(0, t - rnd.randrange(0, 10 * MIN))  # up to lateness_ms behind the newest
+        e = click(ts, f"u{rnd.randrange(300)}", consent=rnd.random() < 0.8)
+        out_a, out_b = a.on_event(e), b.on_event(e)
+        assert (out_a.offers, out_a.held) == (out_b.offers, out_b.held)
+    assert len(a.last_offer) < len(b.last_offer)
+
+
+def test_checkpoint_from_before_the_sweeps_restores_and_sweeps() -> None:
+    m = PropensityModel(attribution_ms=10 * MIN, min_labels=0, min_score=0.0)
+    m.on_event(view(0, "gone"))
+    m.on_event(click(0, "offered"))
+    state = m.__dict__.copy()
+    for new in ("lateness_ms", "user_ttl_ms", "next_sweep"):
+        del state[new]
+    old = pickle.loads(pickle.dumps(m))
+    old.__dict__.clear()
+    old.__setstate__(state)
+    assert old.user_ttl_ms == 2 * 86_400_000 and old.lateness_ms == 10 * MIN
+    old.on_event(view(3 * 86_400_000, "new"))
+    assert set(old.users) == {"new"} and not old.last_offer

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from stream.core.windows import PartitionWindows, Row, RowKey
+from stream.core.windows import SWEEPS_PER_TTL, PartitionWindows, Row, RowKey
 
 SIZE, GRACE, ATTRIBUTION = 60_000, 10_000, 3_600_000
 
 
-def run(events: list[dict[str, Any]], cuts: set[int]) -> tuple[dict[Any, Row], list[int]]:
+def run(
+    events: list[dict[str, Any]], cuts: set[int], pw: PartitionWindows | None = None
+) -> tuple[dict[Any, Row], list[int]]:
     """Add events in order, closing windows at each cut (a batch end); then close all."""
-    pw = PartitionWindows(SIZE, GRACE, ATTRIBUTION)
+    pw = pw or PartitionWindows(SIZE, GRACE, ATTRIBUTION)
     rows: dict[tuple[int, RowKey], Row] = {}
     late = []
 
@@ -78,3 +80,85 @@ def test_purchase_without_campaign_takes_the_last_click() -> None:
     key = pw.add({"type": "purchase", "ts": 2_000, "user_id": "u", "channel": "web", "revenue": 5})
     assert key == ("spring", "", "web")
     assert pw.open[0][key] == [0, 1, 1, 5.0]
+
+
+# --- last clicks: bounded in event time, and forgetting them changes no count ---
+
+
+class NeverExpires(PartitionWindows):
+    def expire_clicks(self) -> int:
+        return 0
+
+
+def purchase(ts: int, user: str) -> dict[str, Any]:
+    return {"type": "purchase", "ts": ts, "channel": "web", "user_id": user, "revenue": 1}
+
+
+def attributed(ts: int, etype: str, campaign: str, user: str) -> dict[str, Any]:
+    if etype == "purchase":
+        return purchase(ts, user)
+    return {**event(ts, etype, campaign), "user_id": user}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            attributed,
+            st.integers(0, 8 * SIZE),
+            st.sampled_from(["click", "purchase", "purchase"]),
+            st.sampled_from(["c1", "c2"]),
+            st.sampled_from(["a", "b"]),
+        ),
+        max_size=60,
+    ),
+    st.sets(st.integers(0, 60)),
+)
+@example(  # a's click was forgotten at the close before its purchase, 10 s out of order
+    [
+        attributed(0, "click", "c1", "a"),
+        attributed(125_000, "click", "c1", "b"),
+        purchase(110_000, "a"),
+    ],
+    {2},
+)
+def test_forgetting_clicks_changes_no_attribution(
+    events: list[dict[str, Any]], cuts: set[int]
+) -> None:
+    # a short attribution window so sweeps happen; out-of-order purchases within grace
+    def windows(cls: type[PartitionWindows]) -> PartitionWindows:
+        return cls(SIZE, GRACE, 2 * SIZE)
+
+    assert run(events, cuts, windows(PartitionWindows)) == run(events, set(), windows(NeverExpires))
+
+
+def test_last_clicks_are_bounded_and_recent_ones_kept() -> None:
+    attribution = 10 * SIZE
+    pw = PartitionWindows(SIZE, GRACE, attribution)
+    clicked: dict[str, int] = {}
+    period = attribution // SWEEPS_PER_TTL
+    for i in range(5 * attribution // 1_000):  # a new clicking user every second
+        ts, user = i * 1_000, f"u{i}"
+        pw.add({**event(ts, "click"), "user_id": user})
+        clicked[user] = ts
+        if i % 100 == 99:  # a batch end
+            pw.close()
+            bound = sum(1 for t in clicked.values() if ts - t <= pw.click_ttl_ms + period)
+            assert len(pw.last_click) <= bound
+    assert len(pw.last_click) < len(clicked) // 3
+    assert {u for u, _ in pw.drain_clicks()} == set(clicked)  # forgotten ones: tombstones
+    ts = pw.max_ts
+    recent = f"u{ts // 1_000 - attribution // 1_000 + 1}"  # clicked within the window
+    assert pw.add(purchase(ts, recent)) == ("c", "", "web")
+
+
+def test_restored_clicks_are_swept_at_the_next_close() -> None:
+    pw = PartitionWindows.from_state(
+        {"max_ts": 10 * ATTRIBUTION, "closed_until": 0, "last_offset": 5, "open": {}},
+        SIZE,
+        GRACE,
+        ATTRIBUTION,
+    )
+    pw.restore_clicks([("old", [0, "c", "", "web"]), ("new", [10 * ATTRIBUTION, "c", "", "web"])])
+    pw.close()
+    assert set(pw.last_click) == {"new"}
