@@ -21,7 +21,12 @@ from stream.config import Settings
 from stream.core.pipeline import Pipeline
 from stream.http import views
 from stream.kafka import sensors
-from stream.kafka.faust_internals import TableStores, message_topic, use_batch_consumer
+from stream.kafka.faust_internals import (
+    TableStores,
+    leave_group_when_static,
+    message_topic,
+    use_batch_consumer,
+)
 from stream.kafka.followers import TopicFollower
 from stream.kafka.writer import EventWriter
 from stream.runtime import TABLES, Runtime
@@ -105,8 +110,11 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=1.0,
         table_standby_replicas=0,
         logging_config=None,
+        # static membership: a restarted worker takes its partitions back at once
+        consumer_group_instance_id=settings.group_instance_id(),
     )
     use_batch_consumer(app)
+    leave_group_when_static()  # aiokafka leaves no group as a static member: on stop, do
     tables = {
         name: app.Table(
             name,

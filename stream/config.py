@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -50,6 +52,7 @@ DEFAULTS: dict[str, str] = {
     "PULSE_LOG_LEVEL": "info",
     "PULSE_KAFKA_VERSION": "3.9.1",
     "PULSE_KAFKA_CACHE": "~/.cache/pulse/kafka",
+    "PULSE_WORKER_ID": "",
 }
 
 
@@ -82,6 +85,7 @@ class Settings:
     log_level: str
     kafka_version: str
     kafka_cache: str
+    worker_id: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -144,7 +148,28 @@ class Settings:
             log_level=v["PULSE_LOG_LEVEL"],
             kafka_version=v["PULSE_KAFKA_VERSION"],
             kafka_cache=v["PULSE_KAFKA_CACHE"],
+            worker_id=v["PULSE_WORKER_ID"].strip(),
         )
+
+    def group_instance_id(self) -> str:
+        """This worker's static group member id (KIP-345), so a restarted worker takes its
+        partitions back at once: ``PULSE_WORKER_ID`` (else one derived from the host name
+        and the absolute data dir) and the web port. Faust puts the worker's URL in its
+        partition assignment, and a static member gets its old assignment back: the port
+        is part of the id so that a worker on a new port joins as a new member.
+
+        >>> Settings.from_env({"PULSE_WORKER_ID": "w1"}).group_instance_id()
+        'pulse-w1-6066'
+        >>> a = Settings.from_env({"PULSE_DATA_DIR": "/srv/a"}).group_instance_id()
+        >>> b = Settings.from_env({"PULSE_DATA_DIR": "/srv/b"}).group_instance_id()
+        >>> a != b and a.startswith(f"pulse-{socket.gethostname()}-")
+        True
+        """
+        worker = self.worker_id
+        if not worker:
+            where = os.path.abspath(self.data_dir)
+            worker = f"{socket.gethostname()}-{hashlib.sha256(where.encode()).hexdigest()[:10]}"
+        return f"{self.app_id}-{worker}-{self.web_port}"
 
     def topic(self, name: str) -> str:
         """Full topic name for a short name such as ``events`` or ``events.dlq``."""

@@ -9,6 +9,16 @@ usual once :func:`ack_all` acknowledges the messages. That queue (:class:`RawQue
 is emptied when a rebalance starts but not when recovery ends, when Faust's clear
 would drop records fetched after the seek to the committed offsets.
 
+Faust drops what a fetch returns while the flow is stopped (a rebalance, a
+recovery) and relies on seeking back to the committed offsets afterwards; but
+aiokafka's ``seek_to_committed`` skips a partition nothing was ever committed
+for, so those records were never read again (:func:`rewind_to_committed`).
+
+A clean stop of a static group member (``consumer_group_instance_id``) sends
+LeaveGroup v3 naming its instance id (:func:`leave_group_when_static`):
+aiokafka 0.14 sends none for a static member, so its partitions would wait for
+the session timeout.
+
 Partition-aware writes into a table's local store (:class:`TableStore`): Faust
 stores pick the partition of a write from the *current event*; batch agents
 have no current event, so they name the partition themselves. Works for the
@@ -19,16 +29,24 @@ rocksdict), where large state such as 24 h of event ids lives on disk.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import faust
+from aiokafka.consumer.fetcher import OffsetResetStrategy
+from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 from mode.utils.queues import ThrowableQueue
 
 from stream.core.progress import Progress
+
+log = logging.getLogger(__name__)
 
 
 class RawQueue(ThrowableQueue):
@@ -130,6 +148,11 @@ class BatchConsumer(AIOKafkaConsumer):
     is unchanged.
     """
 
+    async def seek_to_committed(self) -> Mapping[TP, int]:  # pragma: no cover - needs a broker
+        """Back to the committed offsets, also where none is (:func:`rewind_to_committed`)."""
+        thread: Any = self._thread
+        return await thread.call_thread(rewind_to_committed, thread._ensure_consumer())
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
         callback = self.callback
         getmany = self.getmany
@@ -202,6 +225,41 @@ def _raw_queue(channels: Iterable[Any]) -> Any:
     if len(channels) == 1 and isinstance(channels[0], MessageTopic):
         return channels[0].queue
     return None
+
+
+async def rewind_to_committed(consumer: Any) -> dict[Any, int | None]:
+    """``AIOKafkaConsumer.seek_to_committed``, plus a rewind where nothing is committed.
+
+    Faust discards every record a fetch returns while its flow is stopped (in
+    ``Consumer.getmany``) and calls this, as at the end of each recovery, to read
+    them again. aiokafka seeks only partitions with a committed offset above 0: a
+    partition never committed (a new topic, a partition without traffic so far,
+    offsets expired) kept the position past the discarded records, which were then
+    never processed (and a record processed after them would be committed past them).
+    Such a partition goes back to where the assignment started it: the consumer's
+    ``auto_offset_reset`` (earliest for Faust), and an offset 0 to 0.
+
+    This happened on the clean stop of one of two workers: the other one took the
+    stopped one's partitions (nothing committed on them yet), fetched their records
+    while its recovery had paused every partition, and aiokafka's
+    ``fetched_records`` treats an empty set of partitions as all of them.
+    """
+    committed: dict[Any, int | None] = await consumer.seek_to_committed()
+    fetcher = consumer._fetcher
+    for tp, offset in committed.items():
+        if offset == 0:
+            fetcher.seek_to(tp, 0)
+    unset = [tp for tp, offset in committed.items() if offset is None or offset < 0]
+    strategy = fetcher._default_reset_strategy
+    if unset and strategy != OffsetResetStrategy.NONE:
+        log.debug("no committed offset for %s: rewound by auto_offset_reset", unset)
+        reset = fetcher.request_offset_reset(unset, strategy)
+        await asyncio.wait(  # as AIOKafkaConsumer.seek_to_beginning
+            [reset, consumer._subscription.subscription.assignment.unassign_future],
+            timeout=consumer._request_timeout_ms / 1000,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    return committed
 
 
 def use_batch_consumer(app: faust.App) -> None:
@@ -286,3 +344,75 @@ class TableStores(dict[str, TableStore]):
     def __missing__(self, name: str) -> TableStore:
         store = self[name] = TableStore(self.tables[name])
         return store
+
+
+class _LeaveGroupResponseV3(Response):
+    API_KEY = 13
+    API_VERSION = 3
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        ("error_code", Int16),
+        (
+            "members",
+            Array(
+                ("member_id", String("utf-8")),
+                ("group_instance_id", String("utf-8")),
+                ("error_code", Int16),
+            ),
+        ),
+    )
+
+
+class _LeaveGroupRequestV3(RequestStruct):
+    API_KEY = 13
+    API_VERSION = 3
+    RESPONSE_TYPE = _LeaveGroupResponseV3
+    SCHEMA = Schema(
+        ("group", String("utf-8")),
+        ("members", Array(("member_id", String("utf-8")), ("group_instance_id", String("utf-8")))),
+    )
+
+
+class StaticLeaveGroup(Request[_LeaveGroupRequestV3]):
+    """LeaveGroup v3 (KIP-345): removes the static member ``instance_id`` from the group."""
+
+    API_KEY = 13
+
+    def __init__(self, group: str, member_id: str, instance_id: str) -> None:
+        self.group, self.member_id, self.instance_id = group, member_id, instance_id
+
+    def build(self, request_struct_class: type[_LeaveGroupRequestV3]) -> _LeaveGroupRequestV3:
+        return request_struct_class(self.group, [(self.member_id, self.instance_id)])
+
+
+def leave_group_when_static() -> None:
+    """Make aiokafka's group coordinator leave the group on close also as a static member."""
+    if getattr(GroupCoordinator, "_pulse_static_leave", False):
+        return
+    plain_leave = GroupCoordinator._maybe_leave_group
+
+    async def _maybe_leave_group(self: Any) -> None:
+        instance = self._group_instance_id
+        if self.generation > 0 and instance is not None:
+            try:
+                resp = await self._send_req(
+                    StaticLeaveGroup(self.group_id, self.member_id, instance)
+                )
+            except (KafkaError, NotImplementedError) as err:
+                log.warning(
+                    "static member %s could not leave group %s: %r", instance, self.group_id, err
+                )
+            else:
+                code = resp.error_code or next((m[2] for m in resp.members if m[2]), 0)
+                if code:
+                    log.warning(
+                        "static member %s leaving group %s: error %d", instance, self.group_id, code
+                    )
+                else:
+                    log.info("static member %s left group %s", instance, self.group_id)
+            self.reset_generation()
+            return
+        await plain_leave(self)
+
+    GroupCoordinator._maybe_leave_group = _maybe_leave_group
+    GroupCoordinator._pulse_static_leave = True

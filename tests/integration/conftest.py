@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import count
 from pathlib import Path
 
 import httpx
@@ -40,7 +41,7 @@ class Worker:
     logs: list[Path] = field(default_factory=list)
 
     def start(self, timeout_s: float = 90) -> Worker:
-        port = free_port()
+        port = int(self.env.get("PULSE_WEB_PORT") or 0) or free_port()
         self.env["PULSE_WEB_PORT"] = str(port)
         self.url = f"http://127.0.0.1:{port}"
         self.proc = start_worker(self.env, self.log_path, cwd=ROOT)
@@ -53,6 +54,10 @@ class Worker:
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:
         assert self.proc is not None
         return stop_worker(self.proc, sig, timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def tail(self, n: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-n:]
@@ -115,6 +120,15 @@ def make_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[type]:
 
     def factory(**overrides: str) -> Worker:
         env = dict(worker_env, **overrides)
+        if "PULSE_WEB_PORT" not in overrides:
+            env.pop("PULSE_WEB_PORT", None)  # a free one, unless the slot has one
+        if "PULSE_WORKER_ID" not in overrides:  # a slot per live worker, as a StatefulSet:
+            alive = {w.env["PULSE_WORKER_ID"] for w in started if w.alive}
+            slot = next(f"w{i}" for i in count() if f"w{i}" not in alive)
+            env["PULSE_WORKER_ID"] = slot
+            before = [w for w in started if w.env["PULSE_WORKER_ID"] == slot]
+            if before:  # a restart keeps the slot's port: the same static member id
+                env["PULSE_WEB_PORT"] = before[-1].env["PULSE_WEB_PORT"]
         w = Worker(env=env, log_path=tmp_path / f"worker-{len(started)}.log")
         started.append(w)
         return w.start()

@@ -42,6 +42,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "log_level": "info",
     "kafka_version": "3.9.1",
     "kafka_cache": "~/.cache/pulse/kafka",
+    "worker_id": "",
 }
 
 
@@ -133,6 +134,7 @@ OVERRIDES: list[tuple[str, str, str, Any]] = [
     ("PULSE_LOG_LEVEL", "debug", "log_level", "debug"),
     ("PULSE_KAFKA_VERSION", "4.1.1", "kafka_version", "4.1.1"),
     ("PULSE_KAFKA_CACHE", "/opt/kafka-jars", "kafka_cache", "/opt/kafka-jars"),
+    ("PULSE_WORKER_ID", " w-2 ", "worker_id", "w-2"),
 ]
 
 

@@ -10,13 +10,22 @@ acknowledged gap and committed past them.
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.consumer.fetcher import OffsetResetStrategy
 from faust.types import TP
 from mode.utils.queues import FlowControlEvent
 
-from stream.kafka.faust_internals import RawQueue, message_topic, recovery_pending
+from stream.kafka.faust_internals import (
+    RawQueue,
+    message_topic,
+    recovery_pending,
+    rewind_to_committed,
+)
 
 
 class SeekingConsumer:
@@ -84,3 +93,57 @@ def test_a_recovery_completing_after_a_newer_rebalance_began_is_stale() -> None:
     assert not recovery_pending(app)
     app.tables.recovery.signal_recovery_start.set()  # Recovery.on_rebalance of a newer one
     assert recovery_pending(app)
+
+
+class RewindFetcher:
+    """What the seek to the committed offsets asks of aiokafka's fetcher."""
+
+    _default_reset_strategy = OffsetResetStrategy.EARLIEST
+
+    def __init__(self) -> None:
+        self.seeks: dict[TopicPartition, int] = {}
+        self.resets: list[tuple[set[TopicPartition], int]] = []
+
+    def seek_to(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks[tp] = offset
+
+    def request_offset_reset(self, tps: list[TopicPartition], strategy: int) -> Any:
+        self.resets.append((set(tps), strategy))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+class CommittedConsumer:
+    """An ``AIOKafkaConsumer`` as far as its own ``seek_to_committed`` reads it."""
+
+    _request_timeout_ms = 1000
+
+    def __init__(self, committed: dict[TopicPartition, int | None]) -> None:
+        self._committed = committed
+        self._fetcher = RewindFetcher()
+        assignment = SimpleNamespace(unassign_future=asyncio.get_running_loop().create_future())
+        self._subscription = SimpleNamespace(
+            assigned_partitions=lambda: set(committed),
+            subscription=SimpleNamespace(assignment=assignment),
+        )
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return self._committed[tp]
+
+    seek_to_committed = AIOKafkaConsumer.seek_to_committed  # aiokafka's own
+
+
+async def test_the_seek_back_to_committed_rewinds_partitions_nothing_was_committed_for() -> None:
+    """Faust drops records fetched while its flow is stopped and seeks back to re-read them.
+
+    aiokafka seeks only partitions with a committed offset above 0, so a partition
+    without one stayed past the dropped records: the clean stop of one of two workers
+    left its partitions (nothing committed yet) unprocessed on the other.
+    """
+    tps = [TopicPartition("events", p) for p in range(4)]
+    consumer = CommittedConsumer({tps[0]: 12, tps[1]: None, tps[2]: 0, tps[3]: None})
+    committed = await rewind_to_committed(consumer)
+    assert committed == {tps[0]: 12, tps[1]: None, tps[2]: 0, tps[3]: None}
+    assert consumer._fetcher.seeks == {tps[0]: 12, tps[2]: 0}
+    assert consumer._fetcher.resets == [({tps[1], tps[3]}, OffsetResetStrategy.EARLIEST)]
