@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +69,6 @@ def tune_gc() -> None:
     gc.set_threshold(100_000, 50, 1000)
 
 
-def fresh_dir(path: Path) -> str:
-    """An empty directory at ``path``: what a previous process left there is restored anew."""
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return str(path)
-
-
 def create_app(settings: Settings) -> faust.App:
     """A configured Pulse worker app: topics, tables, agents and web views.
 
@@ -132,7 +124,7 @@ def create_app(settings: Settings) -> faust.App:
         pipeline=pipeline,
         stores=TableStores(tables),
         changelogs={name: t.changelog_topic.get_topic_name() for name, t in tables.items()},
-        id_dir=fresh_dir(Path(settings.data_dir) / settings.app_id / "dedup-ids"),
+        id_dir=str(Path(settings.data_dir) / settings.app_id / "dedup-ids"),  # emptied at start
     )
 
     @app.service
