@@ -76,15 +76,23 @@ class IngestAgent:
         now = time.monotonic()
         for p in out.touched:
             rt.last_activity[p] = now
-        sends = [Send(self.dlq_topic, out.result.dlq + out.late)]
+        sends = [Send(self.dlq_topic, out.result.dlq + out.late, failpoint="ingest-after-dlq")]
         sends.append(
             Send(
                 self.triggers_topic,
                 [(t["target"]["user_id"].encode(), orjson.dumps(t)) for t in out.offers],
+                failpoint="ingest-after-offers",
             )
         )
         ids: ByPartition = {p: [(b"%d" % p, rec)] for p, rec in dedup.drain_records().items()}
-        sends.append(Send(rt.settings.dedup_log, by_partition=ids, what="dedup log"))
+        sends.append(
+            Send(
+                rt.settings.dedup_log,
+                by_partition=ids,
+                what="dedup log",
+                failpoint="ingest-after-dedup-log",
+            )
+        )
         sends += self.publish(set(out.touched))
         return IngestOutput(sends, out)
 
@@ -105,6 +113,7 @@ class IngestAgent:
                     )
                     for p, cu, closed in partials
                 ],
+                failpoint="ingest-after-partials",
             )
         ]
         snapshot = set(partitions) if not idle else {p for p, _, _ in partials}
@@ -123,8 +132,12 @@ class IngestAgent:
                 ]
         # Clicks before the window snapshot: a crash between the two replays the batch
         # (its offsets are not in the snapshot yet), re-deriving the same last clicks.
-        sends.append(Send(rt.changelogs["clicks"], by_partition=clicks))
-        sends.append(Send(rt.changelogs["windows"], by_partition=snapshots))
+        sends.append(
+            Send(rt.changelogs["clicks"], by_partition=clicks, failpoint="ingest-after-clicks")
+        )
+        sends.append(
+            Send(rt.changelogs["windows"], by_partition=snapshots, failpoint="ingest-after-windows")
+        )
         now = time.monotonic()
         if now - rt.last_checkpoint >= rt.settings.checkpoint_s:  # a bounded checkpoint interval
             rt.last_checkpoint = now
@@ -134,7 +147,9 @@ class IngestAgent:
                 ]
                 for p, m in stage.models.items()
             }
-            sends.append(Send(rt.changelogs["models"], by_partition=models))
+            sends.append(
+                Send(rt.changelogs["models"], by_partition=models, failpoint="ingest-after-models")
+            )
         return sends
 
     def count(self, out: IngestOutput, now_ms: int) -> None:

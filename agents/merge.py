@@ -22,8 +22,6 @@ snapshot was written and hands what it finds to :meth:`MergeAgent.learn`
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ import orjson
 
 from stream.core.merge import decode_windows
 from stream.core.pipeline import MergeOutput, MergeStage
+from stream.failpoints import FAILPOINTS
 from stream.kafka.faust_internals import ack_all, message_batches, recovery_pending
 from stream.kafka.reading import read_topic
 from stream.runtime import Runtime, Send
@@ -42,9 +41,6 @@ log = logging.getLogger(__name__)
 
 #: read outputs back from this long before the snapshot's time (producer clock skew)
 READ_BACK_MARGIN_MS = 60_000
-#: failpoint for crash tests: ``merger-after-emit:N`` makes the worker SIGKILL itself
-#: after the N-th merge step that emitted something, before that step's snapshot
-FAILPOINT_ENV = "FAILPOINTS"
 
 Partial = tuple[int, bytes]  # (offset, value) of a record on the partials topic
 
@@ -152,11 +148,6 @@ class MergeAgent:
         synced: list[MergeStage] = []  # the stage whose outputs were read back
         held = [False]  # the partials partition was owned without a break: rt.merge is current
         restored = [-1]  # the generation (rt.generation) the merger stage is restored for
-        failpoint = os.environ.get(FAILPOINT_ENV, "")
-        kill_after = (
-            int(failpoint.split(":", 1)[1]) if failpoint.startswith("merger-after-emit:") else 0
-        )
-        emits = [0]
 
         async def read_back(stage: MergeStage) -> None:
             since, marker = self.read_back_since(stage, table.data.get("merger"))
@@ -193,13 +184,11 @@ class MergeAgent:
             result = self.handle([(m.offset, m.value) for m in messages], now_ms)
             await rt.deliver(result.outputs)
             self.count(result, now_ms)
-            if result.outputs:
-                emits[0] += 1
-                if emits[0] == kill_after:
-                    log.warning("failpoint %s: SIGKILL before the merger snapshot", failpoint)
-                    os.kill(os.getpid(), signal.SIGKILL)
+            if result.outputs:  # crash tests: a step that emitted, before its snapshot
+                FAILPOINTS.reached("merger-after-emit")
             if result.snapshot is not None:
                 await rt.deliver([result.snapshot])
+                FAILPOINTS.reached("merger-after-snapshot")
 
         def owns_partials() -> bool:
             return any(tp.topic == self.partials_topic for tp in app.assignor.assigned_actives())

@@ -26,6 +26,7 @@ from stream.config import Settings
 from stream.core.campaigns import CampaignSettingsStore, CampaignView
 from stream.core.pipeline import MergeStage, PartitionStage, Pipeline
 from stream.core.windows import window_start
+from stream.failpoints import FAILPOINTS
 from stream.kafka.writer import EventWriter, KeyValue, until_written
 from stream.telemetry import PulseMetrics
 
@@ -78,6 +79,8 @@ class Send:
     records: list[KeyValue] = field(default_factory=list)
     by_partition: ByPartition = field(default_factory=dict)
     what: str = "write"
+    #: the failpoint passed once this write is acknowledged (``stream.failpoints.POINTS``)
+    failpoint: str = ""
 
     def __bool__(self) -> bool:
         return bool(self.records or self.by_partition)
@@ -169,7 +172,10 @@ class Runtime:
         return self._stage is not None
 
     async def deliver(self, sends: list[Send]) -> None:
-        """Write each non-empty send in order, retrying each until Kafka acknowledges it."""
+        """Write each non-empty send in order, retrying each until Kafka acknowledges it.
+
+        Each send's failpoint is passed after it, written or empty (crash tests).
+        """
         for send in sends:
             if send.by_partition:
                 await until_written(
@@ -179,6 +185,8 @@ class Runtime:
                 await until_written(
                     partial(self.writer.send_many, send.records, send.topic), send.what
                 )
+            if send.failpoint:
+                FAILPOINTS.reached(send.failpoint)
 
     # -- topics every worker follows in full (stream.kafka.followers.TopicFollower) --------
 
