@@ -71,7 +71,7 @@ quality: $(STAMP)
 	$(BIN)/python -m bench.quality $(if $(QUICK),--quick,)
 
 # One worker under a steady simulated rate: RSS slope and consumer lag (samples in bench/results/).
-SOAK_MINUTES ?= 10
-SOAK_RATE ?= 1000
+SOAK_MINUTES ?= 20
+SOAK_RATE ?= 2000
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE)

@@ -1,6 +1,13 @@
 """Soak: one worker under a steady simulated rate for a long time; does memory or lag creep?
 
-    .venv/bin/python -m bench.soak --minutes 10 --rate 1000     # or: make soak
+    .venv/bin/python -m bench.soak --minutes 20 --rate 2000     # or: make soak
+    .venv/bin/python -m bench.soak --store rocksdb
+
+TTLs are compressed (``--dedup-ttl 5m --attribution 5m`` by default) so the
+state reaches its plateau within the run: RSS over the second half must be
+flat within 2 % per hour of its level (``PLATEAU PASS``), and the plateau is
+extrapolated to a 24 h dedup TTL at 1,000 and 10,000 ev/s (all growth over the
+start counted as per-id state, which overstates it).
 
 Starts a local Kafka broker (``stream.tools.broker.KafkaBroker``) and one ``pulse
 worker``, drives ``pulse simulate --via kafka`` at ``--rate`` events per second
@@ -18,6 +25,7 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +36,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import RESULTS, ROOT, rss_mib, slope, start_ready_worker
+from stream.config import Settings
 from stream.tools.broker import KafkaBroker, free_port
 from stream.tools.workerproc import stop_worker
 
@@ -47,8 +56,10 @@ def scrape(url: str) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--minutes", type=float, default=10.0)
-    ap.add_argument("--rate", type=float, default=1000.0, help="events per second")
+    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--rate", type=float, default=2000.0, help="events per second")
+    ap.add_argument("--dedup-ttl", default="5m", help="PULSE_DEDUP_TTL")
+    ap.add_argument("--attribution", default="5m", help="PULSE_ATTRIBUTION_WINDOW")
     ap.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
     ap.add_argument("--campaigns", type=int, default=20)
     ap.add_argument("--seed", type=int, default=42)
@@ -74,6 +85,8 @@ def main() -> None:
         PULSE_WRITE_KEYS="soak",
         PULSE_DATA_DIR=str(tmp / "data"),
         PULSE_LOG_LEVEL="warning",
+        PULSE_DEDUP_TTL=args.dedup_ttl,
+        PULSE_ATTRIBUTION_WINDOW=args.attribution,
     )
     if args.store:
         env["PULSE_STORE"] = args.store
@@ -135,7 +148,7 @@ def main() -> None:
     run = [s for s in samples if s[0] <= seconds]
     second_half = [(s[0], s[1]) for s in run if s[0] >= seconds / 2]
     lags = [s[2] for s in samples if s[2] == s[2]]  # drop NaN
-    events = [s[3] for s in run if s[3] == s[3]]
+    processed = [s[3] for s in run if s[3] == s[3]]
     summary = {
         "minutes": args.minutes,
         "rate": args.rate,
@@ -147,10 +160,26 @@ def main() -> None:
         "rss_slope_mib_per_hour": round(slope(second_half) * 3600, 1),
         "max_lag": max(lags, default=None),
         "final_lag": lags[-1] if lags else None,
-        "events_processed": events[-1] if events else None,
-        "processed_rate": round(events[-1] / run[-1][0], 1) if events and run[-1][0] else None,
+        "events_processed": processed[-1] if processed else None,
+        "processed_rate": (
+            round(processed[-1] / run[-1][0], 1) if processed and run[-1][0] else None
+        ),
         "csv": str(csv_path),
     }
+    level = statistics.fmean(r for _, r in second_half) if second_half else 0.0
+    pct = abs(summary["rss_slope_mib_per_hour"]) / level * 100 if level else float("nan")
+    ttl_s = Settings.from_env({"PULSE_DEDUP_TTL": args.dedup_ttl}).dedup_ttl_s
+    start = summary["rss_start_mib"] or 0.0
+    per_id = (level - start) * 2**20 / (args.rate * ttl_s) if level else float("nan")
+    summary.update(
+        plateau_mib=round(level, 1),
+        slope_pct_per_hour=round(pct, 2),
+        bytes_per_id_upper_bound=round(per_id, 1),
+        **{
+            f"extrapolated_24h_{r}_mib": round(start + per_id * r * 86_400 / 2**20)
+            for r in (1000, 10_000)
+        },
+    )
     csv_path.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     print(
         f"soak done: RSS {summary['rss_start_mib']} -> {summary['rss_end_mib']} MiB "
@@ -158,6 +187,14 @@ def main() -> None:
         f"over the second half; max lag {summary['max_lag']:.0f}, final lag "
         f"{summary['final_lag']:.0f}; {summary['events_processed']:.0f} events "
         f"({summary['processed_rate']} ev/s)\nsamples: {csv_path}",
+        flush=True,
+    )
+    print(
+        f"PLATEAU store={summary['store']} level={level:.0f} MiB slope={pct:.2f} %/h "
+        f"(goal <= 2): {'PASS' if pct <= 2 else 'FAIL'} | state <= {per_id:.0f} B per id "
+        f"(TTL {args.dedup_ttl}) | extrapolated RSS for a 24 h TTL: "
+        f"{summary['extrapolated_24h_1000_mib']:,} MiB at 1k ev/s, "
+        f"{summary['extrapolated_24h_10000_mib']:,} MiB at 10k ev/s",
         flush=True,
     )
 
