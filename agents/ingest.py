@@ -295,11 +295,20 @@ class IngestAgent:
         return restore
 
     def forget(self, partitions: list[int]) -> None:
-        """Revoked partitions: their offsets and dedup index go to the new owner."""
+        """Revoked partitions: their read offsets are the next assignment's to learn.
+
+        Their dedup index stays until the assignment is known (:meth:`keep_dedup`):
+        a rebalance revokes every partition, and those assigned again without a
+        break keep their index in memory (it is not restored for them).
+        """
         for p in partitions:
             self.rt.processed_offsets.pop(p, None)
+
+    def keep_dedup(self, mine: set[int]) -> None:
+        """Drop the dedup index of every partition not in ``mine`` (they moved away)."""
         if self.rt.stage_built:
-            self.rt.stage.ingestor.dedup.forget_partitions(partitions)
+            gone = set(range(self.rt.settings.partitions)) - mine
+            self.rt.stage.ingestor.dedup.forget_partitions(sorted(gone))
 
     # -- Faust wiring --------------------------------------------------------------------
 
@@ -340,6 +349,7 @@ class IngestAgent:
                 tables["models"].data.items(),
                 keep=held,
             )
+            self.keep_dedup(mine)
             t0 = time.monotonic()
             try:
                 ids = await self.restore_dedup(restored_now)

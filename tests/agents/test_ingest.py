@@ -81,3 +81,18 @@ def test_revoked_partitions_are_forgotten(rt: Runtime) -> None:
     rt.processed_offsets[3] = 0
     agent.forget([3])
     assert 3 not in rt.processed_offsets
+
+
+def test_a_partition_kept_through_a_rebalance_keeps_its_dedup_index(rt: Runtime) -> None:
+    """A rebalance revokes every partition; those assigned again keep their ids in memory.
+
+    Dropping them at the revocation (and not restoring them, as they are kept)
+    let a re-sent copy of an event seen just before the rebalance count twice.
+    """
+    agent = IngestAgent(rt)
+    agent.handle([(b"u1", event("e1"), 2, 0, T0), (b"u2", event("e2", user="u2"), 3, 0, T0)], T0)
+    agent.forget([2, 3])  # revoked: all of them
+    agent.keep_dedup({2})  # assigned again: 2 only
+    again = agent.handle([(b"u1", event("e1"), 2, 1, T0)], T0)  # a re-sent copy
+    assert again.stage is not None and again.stage.result.duplicates == 1
+    assert len(rt.stage.ingestor.dedup) == 1  # partition 3's ids went with it
