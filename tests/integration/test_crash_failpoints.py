@@ -21,6 +21,7 @@ import pytest
 
 from stream.failpoints import POINTS
 from tests.integration.helpers import (
+    assert_exact,
     campaign_stream,
     consume_all,
     encode_events,
@@ -79,16 +80,7 @@ async def test_a_crash_at_every_failpoint_keeps_windows_exact(
     )
     dlq = await consume_all(kafka.bootstrap, topic(worker_env, "events.dlq"))
     assert [orjson.loads(v)["reason"] for _, v in dlq] == [], "every event is valid and on time"
-    live = {k: [r["views"], r["clicks"], r["purchases"], r["revenue"]] for k, r in got.items()}
-    want = {k: [v[0], v[1], v[2], round(v[3], 6)] for k, v in expected.items()}
-    diff = {
-        k: (live.get(k), want.get(k))
-        for k in live.keys() | want.keys()
-        if live.get(k) != want.get(k)
-    }
-    assert not diff, (
-        f"{len(diff)} window records differ (live, expected): {sorted(diff.items())[:12]}"
-    )
+    assert_exact(got, expected)
     raw = await consume_all(kafka.bootstrap, topic(worker_env, "triggers"))
     ids = [t["trigger_id"] for t in map(orjson.loads, (v for _, v in raw))]
     assert len(ids) == len(set(ids)), "a trigger was sent twice"

@@ -50,6 +50,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.integration.helpers import (
+    assert_exact,
     campaign_stream,
     consume_all,
     encode_events,
@@ -172,34 +173,6 @@ def late_ids(sent: list[Sent]) -> set[str]:
             continue
         max_ts[s.partition] = max(max_ts.get(s.partition, -1), ts)
     return late
-
-
-def describe(diff: dict[Any, tuple[Any, Any]], limit: int = 40) -> str:
-    lines = [
-        f"  {k[3]} {k[0]}/{k[1] or '-'}/{k[2]}: live {live}, expected {want}"
-        for k, (live, want) in sorted(diff.items(), key=lambda kv: (kv[0][3], kv[0][:3]))
-    ]
-    more = f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else ""
-    return "\n".join(lines[:limit]) + more
-
-
-def assert_exact(got: dict[Any, dict[str, Any]], expected: dict[Any, list[Any]]) -> None:
-    """Every window record equals the reference; the message lists the windows that differ."""
-    live = {k: [r["views"], r["clicks"], r["purchases"], r["revenue"]] for k, r in got.items()}
-    want = {k: [v[0], v[1], v[2], round(v[3], 6)] for k, v in expected.items()}
-    diff = {
-        k: (live.get(k), want.get(k))
-        for k in live.keys() | want.keys()
-        if live.get(k) != want.get(k)
-    }
-    wrong = sum(
-        a != b for live_row, want_row in diff.values()
-        for a, b in zip(live_row or [None] * 4, want_row or [None] * 4, strict=True)
-    )  # fmt: skip
-    assert not diff, (
-        f"{len(diff)} of {len(want)} window records differ ({wrong} wrong fields; "
-        f"[views, clicks, purchases, revenue]):\n{describe(diff)}"
-    )
 
 
 async def test_sigkill_under_live_traffic_keeps_every_window_exact(
