@@ -18,9 +18,7 @@ without the user.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import pickle
 import time
 from typing import Any
 
@@ -66,7 +64,7 @@ class EraseAgent:
         models: ByPartition = {}
         models_store = rt.stores["models"]
         for p in held["models"]:
-            blob = base64.b64encode(pickle.dumps(stage.models[p])).decode()
+            blob = rt.model_blob(stage.models[p])
             models[p] = [(orjson.dumps(str(p)), orjson.dumps(blob))]
             models_store.put(p, str(p), blob)
         sends = [

@@ -19,9 +19,7 @@ replay idempotent, and the merger ignores partials it has already merged.
 
 from __future__ import annotations
 
-import base64
 import logging
-import pickle
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,11 +28,13 @@ from typing import Any
 import faust
 import orjson
 
+from agents.unreadable import Unreadable, unreadable
 from stream.core.dedup import DedupRecordError
 from stream.core.ingest import RawRecord, dlq_record
 from stream.core.merge import encode_windows
 from stream.core.pipeline import StageOutput
 from stream.core.progress import caught_up
+from stream.core.sealing import StateRecordError
 from stream.kafka.faust_internals import (
     ack_all,
     message_batches,
@@ -84,7 +84,8 @@ class IngestAgent:
                 failpoint="ingest-after-offers",
             )
         )
-        ids: ByPartition = {p: [(b"%d" % p, rec)] for p, rec in dedup.drain_records().items()}
+        seal = rt.state_key.seal
+        ids: ByPartition = {p: [(b"%d" % p, seal(rec))] for p, rec in dedup.drain_records().items()}
         sends.append(
             Send(
                 rt.settings.dedup_log,
@@ -142,9 +143,7 @@ class IngestAgent:
         if now - rt.last_checkpoint >= rt.settings.checkpoint_s:  # a bounded checkpoint interval
             rt.last_checkpoint = now
             models: ByPartition = {
-                p: [
-                    (orjson.dumps(str(p)), orjson.dumps(base64.b64encode(pickle.dumps(m)).decode()))
-                ]
+                p: [(orjson.dumps(str(p)), orjson.dumps(rt.model_blob(m)))]
                 for p, m in stage.models.items()
             }
             sends.append(
@@ -218,6 +217,7 @@ class IngestAgent:
             client="dedup-restore",
         )
         n = 0
+        unseal = self.rt.state_key.open
         for p in sorted(partitions):
             at = [-1]
 
@@ -225,7 +225,7 @@ class IngestAgent:
                 for part, offset, ts, _, value in rows:
                     if part == p and value is not None:
                         at[0] = offset
-                        yield ts, value
+                        yield ts, unseal(value, f"{s.dedup_log} partition {p} offset {offset}")
 
             try:
                 n += dedup.restore(p, values(), now_ms)
@@ -285,13 +285,16 @@ class IngestAgent:
         stage.models = {p: m for p, m in stage.models.items() if p in kept}
         for p, state in windows:
             if state is not None and int(p) in restore:
-                stage.windows[int(p)] = rt.pipeline.windows_from_state(state)
+                with unreadable("windows", int(p), str(p)):
+                    stage.windows[int(p)] = rt.pipeline.windows_from_state(state)
         for user, c in clicks:
             if c is not None and c[4] in restore:
-                stage.window_state(c[4]).restore_clicks([(user, c)])
+                with unreadable("clicks", c[4], user):
+                    stage.window_state(c[4]).restore_clicks([(user, c)])
         for p, blob in models:
             if blob is not None and int(p) in restore:
-                stage.models[int(p)] = pickle.loads(base64.b64decode(blob))
+                with unreadable("models", int(p), str(p)):
+                    stage.models[int(p)] = rt.load_model(blob, "the model checkpoint")
         return restore
 
     def forget(self, partitions: list[int]) -> None:
@@ -342,18 +345,23 @@ class IngestAgent:
                 log.info("a newer rebalance is under way: window state is restored after it")
                 return
             mine = owned()
-            restored_now = self.restore_windows(
-                mine,
-                tables["windows"].data.items(),
-                tables["clicks"].data.items(),
-                tables["models"].data.items(),
-                keep=held,
-            )
+            try:
+                restored_now = self.restore_windows(
+                    mine,
+                    tables["windows"].data.items(),
+                    tables["clicks"].data.items(),
+                    tables["models"].data.items(),
+                    keep=held,
+                )
+            except Unreadable as bad:  # never skipped: the worker stops, saying where
+                err = await bad.located(s, rt.changelogs[bad.table])
+                log.critical("%s", err)
+                raise err from bad
             self.keep_dedup(mine)
             t0 = time.monotonic()
             try:
                 ids = await self.restore_dedup(restored_now)
-            except DedupRecordError as exc:  # never skipped: the worker stops, saying where
+            except (DedupRecordError, StateRecordError) as exc:
                 log.critical("%s", exc)
                 raise
             if stale():  # a newer rebalance began while the dedup log was read

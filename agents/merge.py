@@ -30,6 +30,7 @@ from typing import Any
 import faust
 import orjson
 
+from agents.unreadable import Unreadable, unreadable
 from stream.core.merge import decode_windows
 from stream.core.pipeline import MergeOutput, MergeStage
 from stream.failpoints import FAILPOINTS
@@ -208,7 +209,13 @@ class MergeAgent:
                 return  # a recovery of an assignment already gone: the next one restores
             owned = owns_partials()
             if not held[0]:
-                rt.merge = rt.new_merge_stage(table.data.get("merger"))
+                try:
+                    with unreadable("merger", 0, "merger"):
+                        rt.merge = rt.new_merge_stage(table.data.get("merger"))
+                except Unreadable as bad:  # never skipped: the worker stops, saying where
+                    err = await bad.located(rt.settings, rt.changelogs["merger"])
+                    log.critical("%s", err)
+                    raise err from bad
             held[0] = owned
             restored[0] = rt.generation
 

@@ -18,6 +18,7 @@ from agents.ingest import IngestAgent
 from agents.merge import MergeAgent
 from stream.config import Settings
 from stream.core.pipeline import Pipeline
+from stream.core.rocks_budget import RocksBudget
 from stream.http import views
 from stream.kafka import sensors
 from stream.kafka.faust_internals import (
@@ -25,6 +26,7 @@ from stream.kafka.faust_internals import (
     leave_group_when_static,
     message_topic,
     use_batch_consumer,
+    use_rocks_budget,
 )
 from stream.kafka.followers import TopicFollower
 from stream.kafka.writer import EventWriter
@@ -106,6 +108,9 @@ def create_app(settings: Settings) -> faust.App:
         consumer_group_instance_id=settings.group_instance_id(),
     )
     use_batch_consumer(app)
+    budget = RocksBudget(settings.store_memory) if settings.store == "rocksdb" else None
+    if budget is not None:
+        use_rocks_budget(budget)  # Faust's tables and the dedup index share PULSE_STORE_MEMORY
     leave_group_when_static()  # aiokafka leaves no group as a static member: on stop, do
     tables = {
         name: app.Table(
@@ -125,6 +130,7 @@ def create_app(settings: Settings) -> faust.App:
         stores=TableStores(tables),
         changelogs={name: t.changelog_topic.get_topic_name() for name, t in tables.items()},
         id_dir=str(Path(settings.data_dir) / settings.app_id / "dedup-ids"),  # emptied at start
+        rocks_budget=budget,
     )
 
     @app.service

@@ -18,6 +18,38 @@ from dataclasses import dataclass, field, replace
 
 from stream.core.durations import parse_duration
 from stream.core.pipeline import PipelineConfig
+from stream.core.sealing import StateKey
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+}
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as ``256MiB``, ``1.5GiB``, ``500MB`` or ``1048576``.
+
+    >>> parse_size("256MiB"), parse_size("1.5 GiB"), parse_size("4096")
+    (268435456, 1610612736, 4096)
+    """
+    raw = text.strip().lower().replace(" ", "")
+    number = raw.rstrip("kmgib")
+    unit = raw[len(number) :]
+    try:
+        if unit not in _UNITS:
+            raise ValueError
+        return int(float(number) * _UNITS[unit])
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a size: write a number of bytes with a unit, e.g. 256MiB or 2GiB"
+        ) from None
+
 
 #: Values accepted by PULSE_KAFKA_SECURITY_PROTOCOL and PULSE_KAFKA_SASL_MECHANISM.
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -46,6 +78,8 @@ DEFAULTS: dict[str, str] = {
     "PULSE_PSEUDONYMIZE_SALT": "",
     "PULSE_DATA_DIR": ".pulse",
     "PULSE_STORE": "memory",
+    "PULSE_STORE_MEMORY": "256MiB",
+    "PULSE_STATE_KEY": "",
     "PULSE_RULES": "",
     "PULSE_CHECKPOINT_INTERVAL": "30s",
     "PULSE_BATCH_SIZE": "4000",
@@ -86,6 +120,8 @@ class Settings:
     kafka_version: str
     kafka_cache: str
     worker_id: str = ""
+    store_memory: int = 256 * 1024 * 1024  # PULSE_STORE_MEMORY: RocksDB's budget, bytes
+    state_key: str = field(default="", repr=False)  # PULSE_STATE_KEY: seals state records
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -120,6 +156,12 @@ class Settings:
                 )
             return value
 
+        def size(name: str) -> int:
+            try:
+                return parse_size(v[name])
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+
         return cls(
             kafka_bootstrap=v["PULSE_KAFKA_BOOTSTRAP"],
             kafka_security_protocol=v["PULSE_KAFKA_SECURITY_PROTOCOL"].upper(),
@@ -149,6 +191,8 @@ class Settings:
             kafka_version=v["PULSE_KAFKA_VERSION"],
             kafka_cache=v["PULSE_KAFKA_CACHE"],
             worker_id=v["PULSE_WORKER_ID"].strip(),
+            store_memory=size("PULSE_STORE_MEMORY"),
+            state_key=v["PULSE_STATE_KEY"],
         )
 
     def group_instance_id(self) -> str:
@@ -204,6 +248,7 @@ class Settings:
             dedup_ttl_ms=int(self.dedup_ttl_s * 1000),
             partitions=self.partitions,
             salt=self.pseudonymize_salt,
+            state_key=StateKey(self.state_key, self.app_id),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -13,7 +13,9 @@ writes them, in order, each acknowledged before the next.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import pickle
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +27,8 @@ import orjson
 from stream.config import Settings
 from stream.core.campaigns import CampaignSettingsStore, CampaignView
 from stream.core.pipeline import MergeStage, PartitionStage, Pipeline
+from stream.core.rocks_budget import RocksBudget
+from stream.core.sealing import StateKey
 from stream.core.windows import window_start
 from stream.failpoints import FAILPOINTS
 from stream.kafka.writer import EventWriter, KeyValue, until_written
@@ -100,6 +104,8 @@ class Runtime:
     changelogs: dict[str, str] = field(default_factory=dict)
     #: where the dedup index keeps full event ids (None: in memory)
     id_dir: str | None = None
+    #: PULSE_STORE=rocksdb: the memory budget the dedup index shares with the tables
+    rocks_budget: RocksBudget | None = None
     assigned: bool = False
     recovered: bool = False
     #: bumped under ``lock`` when a rebalance revokes partitions: a batch read before
@@ -161,10 +167,28 @@ class Runtime:
         return window_start(int(time.time() * 1000) - grace, self.size_ms)
 
     @property
+    def state_key(self) -> StateKey:
+        return self.pipeline.config.state_key
+
+    def model_blob(self, model: Any) -> str:
+        """A model checkpoint as its changelog value: the sealed pickle, base64."""
+        return base64.b64encode(self.state_key.seal(pickle.dumps(model))).decode()
+
+    def load_model(self, blob: str, where: str) -> Any:
+        """Unpickle a checkpoint of :meth:`model_blob` once its seal is checked."""
+        return pickle.loads(self.state_key.open(base64.b64decode(blob), where))
+
+    @property
     def stage(self) -> PartitionStage:
         """Ingest, dedup and windows (made on first use)."""
         if self._stage is None:
-            self._stage = self.pipeline.partition_stage(self.id_dir)
+            dedup = None
+            if self.rocks_budget is not None and self.id_dir is not None:
+                from stream.core.dedup_rocks import RocksDeduplicator
+
+                ttl = self.pipeline.config.dedup_ttl_ms
+                dedup = RocksDeduplicator(ttl, f"{self.id_dir}/rocks", self.rocks_budget)
+            self._stage = self.pipeline.partition_stage(self.id_dir, dedup)  # type: ignore[arg-type]
         return self._stage
 
     @property

@@ -27,6 +27,7 @@ from stream.core.kpis import metric_record
 from stream.core.merge import EmittedOutputs, WindowMerger
 from stream.core.propensity import PropensityModel, model_factory
 from stream.core.rules import Rules
+from stream.core.sealing import StateKey
 from stream.core.triggers import TriggerEngine, load_rules, trigger_id
 from stream.core.windows import PartitionWindows, Row, RowKey
 
@@ -170,9 +171,11 @@ class MergeStage:
         engine: TriggerEngine,
         campaign_settings: Callable[[str], Mapping[str, Any] | None],
         allocator: Allocator | None = None,
+        state_key: StateKey | None = None,
     ) -> None:
         self.merger = merger
         self.engine = engine
+        self.state_key = state_key or StateKey("", "pulse")
         self.campaign_settings = campaign_settings
         self.allocator = allocator or Allocator()
         self.emitted = EmittedOutputs()  # sent before a crash, after the last snapshot
@@ -180,7 +183,7 @@ class MergeStage:
     def to_state(self) -> dict[str, Any]:
         return {
             **self.merger.to_state(),
-            "engine": self.engine.to_state(),
+            "engine": self.engine.to_state(self.state_key.seal),
             "allocator": self.allocator.to_state(),
         }
 
@@ -294,6 +297,8 @@ class PipelineConfig:
     rules: Rules = field(default_factory=load_rules)  # typed, validated (stream.core.rules)
     salt: str = ""  # PULSE_PSEUDONYMIZE_SALT: pseudonymise at ingest
     srm_alpha: float | None = None  # the bandit's sample-ratio-mismatch rail (None: default)
+    #: seals the pickles in state records (PULSE_STATE_KEY; stream.core.sealing)
+    state_key: StateKey = field(default_factory=lambda: StateKey("", "pulse"))
 
     @classmethod
     def load(cls, rules_file: str | Path | None = None, **kwargs: Any) -> PipelineConfig:
@@ -330,14 +335,17 @@ class Pipeline:
         c = self.config
         return PartitionWindows.from_state(state, c.window_ms, c.grace_ms, c.attribution_ms)
 
-    def partition_stage(self, id_dir: str | Path | None = None) -> PartitionStage:
+    def partition_stage(
+        self, id_dir: str | Path | None = None, dedup: Deduplicator | None = None
+    ) -> PartitionStage:
         """Validate, dedup, window and score, per source partition.
 
         The dedup index is in memory; the full event ids it verifies fingerprint hits
         against are kept in files under ``id_dir`` (a worker's data dir), else in memory.
+        ``dedup`` replaces it (``RocksDeduplicator`` with ``PULSE_STORE=rocksdb``).
         """
         c = self.config
-        ingestor = Ingestor(Deduplicator(c.dedup_ttl_ms, id_dir), salt=c.salt)
+        ingestor = Ingestor(dedup or Deduplicator(c.dedup_ttl_ms, id_dir), salt=c.salt)
         models = model_factory(
             c.rules.user_offer, c.attribution_ms, c.window_ms, model_type=self.model_type
         )
@@ -358,9 +366,11 @@ class Pipeline:
         engine = TriggerEngine(c.rules)
         allocator = Allocator() if c.srm_alpha is None else Allocator(srm_alpha=c.srm_alpha)
         if state and "engine" in state:
-            engine.restore(state["engine"])
+            engine.restore(state["engine"], lambda b: c.state_key.open(b, "merger snapshot"))
             allocator.restore(state.get("allocator", {}))
-        return MergeStage(merger, engine, campaign_settings or (lambda _cid: None), allocator)
+        return MergeStage(
+            merger, engine, campaign_settings or (lambda _cid: None), allocator, c.state_key
+        )
 
     def stages(
         self, campaign_settings: CampaignSettings | None = None

@@ -21,7 +21,7 @@ import base64
 import hashlib
 import pickle
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -234,15 +234,17 @@ class TriggerEngine:
             "created_at": now_ms,
         }
 
-    def to_state(self) -> dict[str, Any]:
+    def to_state(self, seal: Callable[[bytes], bytes] = bytes) -> dict[str, Any]:
+        """Plain data; the pickled drift detectors pass through ``seal`` (``StateKey.seal``)."""
         return {
             "history": {c: [list(h) for h in d] for c, d in self.history.items()},
             "armed": self.armed,
             "last_fired": self.last_fired,
-            "detectors": base64.b64encode(pickle.dumps(self.detectors)).decode(),
+            "detectors": base64.b64encode(seal(pickle.dumps(self.detectors))).decode(),
         }
 
-    def restore(self, state: Mapping[str, Any]) -> None:
+    def restore(self, state: Mapping[str, Any], unseal: Callable[[bytes], bytes] = bytes) -> None:
+        """Load :meth:`to_state`; the detectors are unpickled only after ``unseal`` checks them."""
         size = self.config.history_size
         self.history = {
             c: deque((tuple(h) for h in rows), maxlen=size)
@@ -251,4 +253,4 @@ class TriggerEngine:
         self.armed = dict(state.get("armed", {}))
         self.last_fired = dict(state.get("last_fired", {}))
         if state.get("detectors"):
-            self.detectors = pickle.loads(base64.b64decode(state["detectors"]))
+            self.detectors = pickle.loads(unseal(base64.b64decode(state["detectors"])))

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import pickle
+from pathlib import Path
+
 import orjson
+import pytest
 
 from agents.ingest import IngestAgent
+from agents.unreadable import Unreadable
+from stream.config import Settings
 from stream.core.dedup import decode_record
 from stream.core.merge import decode_windows
+from stream.core.sealing import MAGIC, StateAuthError
 from stream.runtime import Runtime
 from tests.agents.conftest import T0, event, sent
 
@@ -24,7 +32,9 @@ def test_valid_duplicate_and_invalid_records(rt: Runtime) -> None:
     dlq = sent(out.sends, "pulse.events.dlq")
     assert [orjson.loads(v)["reason"] for _, _, v in dlq] == ["invalid_json"]  # type: ignore[arg-type]
     ((p, key, record),) = sent(out.sends, "pulse-dedup-log")  # one record per partition
-    assert (p, key) == (0, b"0") and sorted(decode_record(record).ids) == ["e1", "e2"]  # type: ignore[arg-type]
+    assert (p, key) == (0, b"0") and record.startswith(MAGIC)  # type: ignore[union-attr]
+    ids = decode_record(rt.state_key.open(record, "test")).ids  # type: ignore[arg-type]
+    assert sorted(ids) == ["e1", "e2"]
     (snapshot,) = sent(out.sends, "pulse-windows-changelog")
     assert snapshot[0] == 0 and orjson.loads(snapshot[2])["last_offset"] == 2  # type: ignore[arg-type]
     # order: DLQ and offers, dedup ids, partials, clicks, then the window snapshot
@@ -96,3 +106,47 @@ def test_a_partition_kept_through_a_rebalance_keeps_its_dedup_index(rt: Runtime)
     again = agent.handle([(b"u1", event("e1"), 2, 1, T0)], T0)  # a re-sent copy
     assert again.stage is not None and again.stage.result.duplicates == 1
     assert len(rt.stage.ingestor.dedup) == 1  # partition 3's ids went with it
+
+
+class _Exploit:
+    """Unpickling this runs ``os.mkdir(path)``: what a forged checkpoint could do."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return os.mkdir, (self.path,)
+
+
+def test_a_forged_model_checkpoint_is_never_unpickled(tmp_path: Path) -> None:
+    rt = Runtime.offline(Settings.from_env({"PULSE_STATE_KEY": "k3y"}))
+    agent = IngestAgent(rt)
+    genuine = rt.model_blob({"weights": [1, 2]})
+    assert rt.load_model(genuine, "test") == {"weights": [1, 2]}
+    target = tmp_path / "pwned"
+    forged = base64.b64encode(pickle.dumps(_Exploit(str(target)))).decode()
+    other_key = Runtime.offline(Settings.from_env({"PULSE_STATE_KEY": "other"}))
+    for blob in (forged, other_key.model_blob(_Exploit(str(target)))):
+        with pytest.raises(Unreadable) as bad:
+            agent.restore_windows({0}, [], [], [("0", blob)])
+        assert (bad.value.table, bad.value.partition) == ("models", 0)
+        assert isinstance(bad.value.cause, StateAuthError)
+    assert not target.exists()
+    assert agent.restore_windows({0}, [], [], [("0", genuine)]) == {0}
+    assert rt.stage.models[0] == {"weights": [1, 2]}
+
+
+def test_unsealed_checkpoints_of_the_previous_release_load_without_a_key() -> None:
+    rt = Runtime.offline(Settings.from_env({}))
+    legacy = base64.b64encode(pickle.dumps({"weights": [3]})).decode()
+    assert IngestAgent(rt).restore_windows({1}, [], [], [("1", legacy)]) == {1}
+    assert rt.stage.models[1] == {"weights": [3]}
+
+
+def test_a_window_snapshot_that_does_not_decode_names_its_table() -> None:
+    rt = Runtime.offline(Settings.from_env({}))
+    with pytest.raises(Unreadable) as bad:
+        IngestAgent(rt).restore_windows({2}, [("2", {"not": "a snapshot"})], [], [])
+    assert (bad.value.table, bad.value.partition, bad.value.key) == ("windows", 2, "2")

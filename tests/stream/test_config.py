@@ -43,6 +43,8 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "kafka_version": "3.9.1",
     "kafka_cache": "~/.cache/pulse/kafka",
     "worker_id": "",
+    "store_memory": 256 * 1024 * 1024,
+    "state_key": "",
 }
 
 
@@ -135,6 +137,8 @@ OVERRIDES: list[tuple[str, str, str, Any]] = [
     ("PULSE_KAFKA_VERSION", "4.1.1", "kafka_version", "4.1.1"),
     ("PULSE_KAFKA_CACHE", "/opt/kafka-jars", "kafka_cache", "/opt/kafka-jars"),
     ("PULSE_WORKER_ID", " w-2 ", "worker_id", "w-2"),
+    ("PULSE_STORE_MEMORY", "1GiB", "store_memory", 1 << 30),
+    ("PULSE_STATE_KEY", "k3y", "state_key", "k3y"),
 ]
 
 

@@ -1,0 +1,56 @@
+"""Sealed state records on a real broker: a forged checkpoint stops the restore, unloaded."""
+
+from __future__ import annotations
+
+import base64
+import os
+import pickle
+import re
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.integration.helpers import produce, topic
+
+pytestmark = pytest.mark.integration
+
+
+class _Exploit:
+    """Unpickling this creates a directory: what a forged checkpoint could run."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.mkdir, (self.path,)
+
+
+async def test_a_forged_model_checkpoint_stops_the_restore_unexecuted(
+    make_worker, worker_env, kafka, tmp_path: Path
+) -> None:
+    first = make_worker(PULSE_STATE_KEY="k3y")
+    e = {
+        "event_id": "a",
+        "type": "view",
+        "event_time": int(time.time() * 1000),
+        "user_id": "u1",
+        "campaign_id": "cmp-1",
+    }
+    await produce(kafka.bootstrap, topic(worker_env, "events"), [(b"u1", orjson.dumps(e))])
+    first.wait_metric("pulse_events_total", 1)
+    first.stop()
+    target = tmp_path / "pwned"
+    forged = base64.b64encode(pickle.dumps(_Exploit(str(target)))).decode()
+    changelog = f"{worker_env['PULSE_APP_ID']}-models-changelog"
+    await produce(
+        kafka.bootstrap, changelog, [(orjson.dumps("0"), orjson.dumps(forged))], partition=0
+    )
+    with pytest.raises(AssertionError):  # it stops instead of loading or skipping the record
+        make_worker(PULSE_STATE_KEY="k3y", PULSE_DATA_DIR=str(tmp_path / "fresh"))
+    assert not target.exists(), "the forged pickle was executed"
+    log = (tmp_path / "worker-1.log").read_text(errors="replace")
+    assert re.search(rf"{changelog} partition 0 offset \d+ \(key '0'\): .*not sealed", log), log[
+        -4000:
+    ]
