@@ -42,6 +42,7 @@ from stream.kafka.faust_internals import (
     recovery_pending,
 )
 from stream.kafka.reading import TopicMissing, read_records
+from stream.memory import release_free_memory
 from stream.runtime import ByPartition, Runtime, Send
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ class IngestAgent:
         stage = rt.stage
         out = stage.process(records, now_ms)
         dedup = stage.ingestor.dedup
-        dedup.expire(now_ms)
+        if dedup.expire(now_ms):
+            release_free_memory()  # a whole segment was freed
         now = time.monotonic()
         for p in out.touched:
             rt.last_activity[p] = now
@@ -216,16 +218,20 @@ class IngestAgent:
             partitions=partitions,
             client="dedup-restore",
         )
+        by_partition: dict[int, list[tuple[int, int, bytes]]] = {p: [] for p in partitions}
+        for part, offset, ts, _, value in rows:
+            if value is not None and part in by_partition:
+                by_partition[part].append((offset, ts, value))
+        rows.clear()
         n = 0
         unseal = self.rt.state_key.open
         for p in sorted(partitions):
             at = [-1]
 
             def values(p: int = p, at: list[int] = at) -> Iterator[tuple[int, bytes]]:
-                for part, offset, ts, _, value in rows:
-                    if part == p and value is not None:
-                        at[0] = offset
-                        yield ts, unseal(value, f"{s.dedup_log} partition {p} offset {offset}")
+                for offset, ts, value in by_partition.pop(p):
+                    at[0] = offset
+                    yield ts, unseal(value, f"{s.dedup_log} partition {p} offset {offset}")
 
             try:
                 n += dedup.restore(p, values(), now_ms)
@@ -235,7 +241,9 @@ class IngestAgent:
                     "this partition cannot be restored (delete the record's segment or the "
                     "topic to start its dedup afresh)"
                 ) from exc
-        return n + await self.migrate_legacy_dedup(partitions, now_ms)
+        n += await self.migrate_legacy_dedup(partitions, now_ms)
+        release_free_memory()  # the log records read
+        return n
 
     async def migrate_legacy_dedup(self, partitions: set[int], now_ms: int) -> int:
         """Ids of the previous release's compacted ``<app>-dedup-changelog``, if it exists."""

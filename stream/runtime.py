@@ -188,7 +188,7 @@ class Runtime:
 
                 ttl = self.pipeline.config.dedup_ttl_ms
                 dedup = RocksDeduplicator(ttl, f"{self.id_dir}/rocks", self.rocks_budget)
-            self._stage = self.pipeline.partition_stage(self.id_dir, dedup)  # type: ignore[arg-type]
+            self._stage = self.pipeline.partition_stage(self.id_dir, dedup)
         return self._stage
 
     @property

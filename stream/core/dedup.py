@@ -44,13 +44,21 @@ from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from stream.core.errors import PulseError
 
-__all__ = ["DedupRecord", "DedupRecordError", "Deduplicator", "decode_record", "fingerprint"]
+__all__ = [
+    "DedupIndex",
+    "DedupRecord",
+    "DedupRecordError",
+    "Deduplicator",
+    "decode_record",
+    "fingerprint",
+]
 
 _VERSION = 1  # offsets relative to the base offset as u32
 _VERSION_WIDE = 2  # as u64, when the offsets of one drain span 2**32 or more
@@ -442,6 +450,22 @@ class _Partition:
         self.segments: list[_Segment] = []  # oldest first
         self.pending: list[_Block] = []  # first seen since the last drain
         self.seq = 0
+
+
+class DedupIndex(Protocol):
+    """What the ingest stage needs of a dedup index: :class:`Deduplicator` (in memory)
+    or ``stream.core.dedup_rocks.RocksDeduplicator`` (``PULSE_STORE=rocksdb``)."""
+
+    def check(
+        self, ids: Sequence[str], partitions: Sequence[int], offsets: Sequence[int], now_ms: int
+    ) -> list[bool]: ...
+    def expire(self, now_ms: int) -> int: ...
+    def drain_records(self) -> dict[int, bytes]: ...
+    def restore(self, partition: int, records: Iterable[tuple[int, bytes]], now_ms: int) -> int: ...
+    def restore_legacy(self, items: Iterable[tuple[str, list[int]]], now_ms: int) -> int: ...
+    def forget_partitions(self, partitions: Iterable[int]) -> None: ...
+    def close(self) -> None: ...
+    def __len__(self) -> int: ...
 
 
 class Deduplicator:

@@ -3,7 +3,7 @@
 Pure: the Faust agent feeds it ``(key, value, partition, offset, timestamp_ms)``
 tuples and sends what it returns.
 
->>> from stream.core.dedup import Deduplicator
+>>> from stream.core.dedup import DedupIndex
 >>> ing = Ingestor(Deduplicator(ttl_ms=86_400_000))
 >>> ok = b'{"event_id":"e1","type":"view","event_time":1000,"user_id":"u","campaign_id":"c"}'
 >>> r = ing.process([(b"u", ok, 0, 0, 5000), (b"u", ok, 0, 1, 5000), (b"u", b"{", 0, 2, 5000)])
@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from stream.core.dedup import Deduplicator
+from stream.core.dedup import DedupIndex
 from stream.core.privacy import Pseudonymizer
 from stream.core.validation import MAX_EVENT_BYTES, Rejection, parse_event
 
@@ -63,7 +63,7 @@ class Ingestor:
     ``user_id`` / ``anonymous_id``; ``context.ip`` is always truncated.
     """
 
-    def __init__(self, dedup: Deduplicator, salt: str = "") -> None:
+    def __init__(self, dedup: DedupIndex, salt: str = "") -> None:
         self.dedup = dedup
         self.pseudonymizer = Pseudonymizer(salt) if salt else None
 

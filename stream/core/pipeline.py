@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.core.bandit import Allocator
-from stream.core.dedup import Deduplicator
+from stream.core.dedup import DedupIndex, Deduplicator
 from stream.core.ingest import BatchResult, Ingestor, RawRecord, dlq_record
 from stream.core.kpis import metric_record
 from stream.core.merge import EmittedOutputs, WindowMerger
@@ -336,7 +336,7 @@ class Pipeline:
         return PartitionWindows.from_state(state, c.window_ms, c.grace_ms, c.attribution_ms)
 
     def partition_stage(
-        self, id_dir: str | Path | None = None, dedup: Deduplicator | None = None
+        self, id_dir: str | Path | None = None, dedup: DedupIndex | None = None
     ) -> PartitionStage:
         """Validate, dedup, window and score, per source partition.
 

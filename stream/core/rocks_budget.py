@@ -10,8 +10,8 @@ block cache per table partition).
 
 >>> budget = RocksBudget(64 * 1024 * 1024)
 >>> opts = budget.options()
->>> budget.memory_bytes, budget.usage() <= budget.memory_bytes
-(67108864, True)
+>>> budget.memory_bytes, budget.cache_bytes, budget.usage() <= budget.cache_bytes
+(67108864, 50331648, True)
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ _MIB = 1024 * 1024
 
 
 class RocksBudget:
-    """A block cache of ``memory_bytes`` shared by memtables, blocks, indexes and filters.
+    """A block cache shared by memtables, blocks, indexes and filters, inside ``memory_bytes``.
 
-    A quarter of the budget may be memtables (flushed to disk beyond that);
-    each database's write buffers are sized from it.
+    The cache is 3/4 of the budget: the rest is for what RocksDB allocates
+    outside it (table readers, iterators, compaction buffers) and for the C
+    allocator's free pages, so that the process RSS RocksDB causes stays under
+    the budget. A quarter of the cache may be memtables (flushed to disk beyond
+    that); each database's write buffers are sized from it.
     """
 
     def __init__(self, memory_bytes: int) -> None:
@@ -37,8 +40,9 @@ class RocksBudget:
                 "give at least 16MiB (e.g. 256MiB)"
             )
         self.memory_bytes = memory_bytes
-        self.cache = rocksdict.Cache(memory_bytes)
-        self.memtable_bytes = memory_bytes // 4
+        self.cache_bytes = memory_bytes * 3 // 4
+        self.cache = rocksdict.Cache(self.cache_bytes)
+        self.memtable_bytes = self.cache_bytes // 4
         self.write_buffers = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
             self.memtable_bytes, False, self.cache
         )
@@ -63,3 +67,4 @@ class RocksBudget:
     def usage(self) -> int:
         """Bytes held in the shared cache now (blocks, indexes, filters, charged memtables)."""
         return int(self.cache.get_usage())
+
