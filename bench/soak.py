@@ -3,8 +3,10 @@
     .venv/bin/python -m bench.soak --minutes 20 --rate 2000     # or: make soak
     .venv/bin/python -m bench.soak --store rocksdb
 
-TTLs are compressed (``--dedup-ttl 5m --attribution 5m`` by default) so the
-state reaches its plateau within the run: RSS over the second half must be
+TTLs are compressed (``--dedup-ttl 5m --attribution 5m`` by default), and so is
+the window (``--window 5s``: the live page's view keeps the last 120 windows per
+campaign, 2 h of the default 60 s ones), so the state reaches its plateau
+within the run: RSS over the second half must be
 flat within 2 % per hour of its level (``PLATEAU PASS``), and the plateau is
 extrapolated to a 24 h dedup TTL at 1,000 and 10,000 ev/s (all growth over the
 start counted as per-id state, which overstates it).
@@ -60,6 +62,11 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=2000.0, help="events per second")
     ap.add_argument("--dedup-ttl", default="5m", help="PULSE_DEDUP_TTL")
     ap.add_argument("--attribution", default="5m", help="PULSE_ATTRIBUTION_WINDOW")
+    ap.add_argument(
+        "--window",
+        default="5s",
+        help="PULSE_WINDOW: the live page keeps 120 windows per campaign, 10 min of 5 s ones",
+    )
     ap.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
     ap.add_argument("--campaigns", type=int, default=20)
     ap.add_argument("--seed", type=int, default=42)
@@ -87,6 +94,7 @@ def main() -> None:
         PULSE_LOG_LEVEL="warning",
         PULSE_DEDUP_TTL=args.dedup_ttl,
         PULSE_ATTRIBUTION_WINDOW=args.attribution,
+        PULSE_WINDOW=args.window,
     )
     if args.store:
         env["PULSE_STORE"] = args.store
