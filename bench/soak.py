@@ -179,14 +179,18 @@ def main() -> None:
     ttl_s = Settings.from_env({"PULSE_DEDUP_TTL": args.dedup_ttl}).dedup_ttl_s
     start = summary["rss_start_mib"] or 0.0
     per_id = (level - start) * 2**20 / (args.rate * ttl_s) if level else float("nan")
+    if summary["store"] == "rocksdb":
+        # ids are on disk; RocksDB's memory is capped by PULSE_STORE_MEMORY whatever their
+        # number, so the bound is the plateau plus the whole budget (not per-id growth)
+        budget = Settings.from_env(env).store_memory / 2**20
+        extrapolated = {r: round(level + budget) for r in (1000, 10_000)}
+    else:
+        extrapolated = {r: round(start + per_id * r * 86_400 / 2**20) for r in (1000, 10_000)}
     summary.update(
         plateau_mib=round(level, 1),
         slope_pct_per_hour=round(pct, 2),
         bytes_per_id_upper_bound=round(per_id, 1),
-        **{
-            f"extrapolated_24h_{r}_mib": round(start + per_id * r * 86_400 / 2**20)
-            for r in (1000, 10_000)
-        },
+        **{f"extrapolated_24h_{r}_mib": mib for r, mib in extrapolated.items()},
     )
     csv_path.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     print(
@@ -197,10 +201,14 @@ def main() -> None:
         f"({summary['processed_rate']} ev/s)\nsamples: {csv_path}",
         flush=True,
     )
+    on_disk = (
+        " (ids on disk: plateau + PULSE_STORE_MEMORY)" if summary["store"] == "rocksdb" else ""
+    )
     print(
         f"PLATEAU store={summary['store']} level={level:.0f} MiB slope={pct:.2f} %/h "
         f"(goal <= 2): {'PASS' if pct <= 2 else 'FAIL'} | state <= {per_id:.0f} B per id "
-        f"(TTL {args.dedup_ttl}) | extrapolated RSS for a 24 h TTL: "
+        f"(TTL {args.dedup_ttl}) | extrapolated RSS for a 24 h TTL"
+        f"{on_disk}: "
         f"{summary['extrapolated_24h_1000_mib']:,} MiB at 1k ev/s, "
         f"{summary['extrapolated_24h_10000_mib']:,} MiB at 10k ev/s",
         flush=True,
