@@ -26,6 +26,7 @@ import orjson
 
 from stream.config import Settings
 from stream.core.campaigns import CampaignSettingsStore, CampaignView
+from stream.core.dedup_rocks import RocksDeduplicator
 from stream.core.pipeline import MergeStage, PartitionStage, Pipeline
 from stream.core.rocks_budget import RocksBudget
 from stream.core.sealing import StateKey
@@ -184,8 +185,6 @@ class Runtime:
         if self._stage is None:
             dedup = None
             if self.rocks_budget is not None and self.id_dir is not None:
-                from stream.core.dedup_rocks import RocksDeduplicator
-
                 ttl = self.pipeline.config.dedup_ttl_ms
                 dedup = RocksDeduplicator(ttl, f"{self.id_dir}/rocks", self.rocks_budget)
             self._stage = self.pipeline.partition_stage(self.id_dir, dedup)
