@@ -67,4 +67,3 @@ class RocksBudget:
     def usage(self) -> int:
         """Bytes held in the shared cache now (blocks, indexes, filters, charged memtables)."""
         return int(self.cache.get_usage())
-
