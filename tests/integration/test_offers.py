@@ -11,6 +11,7 @@ import httpx
 import orjson
 import pytest
 
+from stream.core.sealing import MAGIC, StateKey
 from tests.integration.helpers import consume_all, encode, final_click, history, produce, topic
 
 pytestmark = pytest.mark.integration
@@ -58,9 +59,12 @@ async def test_offer_needs_intent_and_consent_and_models_survive_restart(
     # the checkpointed models restore after a restart: same predictions for fixed inputs
     raw = await consume_all(kafka.bootstrap, f"{worker_env['PULSE_APP_ID']}-models-changelog")
     before = {}
+    key_of_app = StateKey("", worker_env["PULSE_APP_ID"])  # checkpoints are sealed
     for key, value in raw:
         if value:
-            before[orjson.loads(key)] = pickle.loads(base64.b64decode(orjson.loads(value)))
+            sealed = base64.b64decode(orjson.loads(value))
+            assert sealed.startswith(MAGIC), "a model checkpoint was written unsealed"
+            before[orjson.loads(key)] = pickle.loads(key_of_app.open(sealed, "test"))
     assert before, "no model checkpoint written"
     x = {"recency_h": 2.0, "purchases": 1.2, "user_cvr": 0.7, "channel=web": 1.0}
     expected = {p: m.model.predict_proba_one(x)[True] for p, m in before.items()}
