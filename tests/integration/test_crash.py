@@ -30,6 +30,7 @@ import pytest
 from stream.config import Settings
 from stream.tools.backtest import run_backtest
 from tests.integration.helpers import (
+    assert_exact,
     campaign_stream,
     consume_all,
     encode_events,
@@ -119,16 +120,7 @@ async def test_sigkill_at_random_points_keeps_windows_and_triggers_exact(
     print(summary)
     dlq = [orjson.loads(v) for _, v in await consume_all(kafka.bootstrap, topic(env, "events.dlq"))]
     assert [(d["reason"], d["detail"]) for d in dlq][:5] == [], "every event is valid and in time"
-    live = {k: [r["views"], r["clicks"], r["purchases"], r["revenue"]] for k, r in got.items()}
-    want = {k: [v[0], v[1], v[2], round(v[3], 6)] for k, v in expected.items()}
-    diff = {
-        k: (live.get(k), want.get(k))
-        for k in live.keys() | want.keys()
-        if live.get(k) != want.get(k)
-    }
-    assert not diff, (
-        f"{len(diff)} window records differ (live, expected): {sorted(diff.items())[:12]}"
-    )
+    assert_exact(got, expected)
 
     raw = await consume_all(kafka.bootstrap, topic(worker_env, "triggers"))
     sent = [orjson.loads(v) for _, v in raw]
