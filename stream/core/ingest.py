@@ -3,7 +3,7 @@
 Pure: the Faust agent feeds it ``(key, value, partition, offset, timestamp_ms)``
 tuples and sends what it returns.
 
->>> from stream.core.dedup import DedupIndex
+>>> from stream.core.dedup import Deduplicator
 >>> ing = Ingestor(Deduplicator(ttl_ms=86_400_000))
 >>> ok = b'{"event_id":"e1","type":"view","event_time":1000,"user_id":"u","campaign_id":"c"}'
 >>> r = ing.process([(b"u", ok, 0, 0, 5000), (b"u", ok, 0, 1, 5000), (b"u", b"{", 0, 2, 5000)])
