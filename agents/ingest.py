@@ -19,6 +19,7 @@ replay idempotent, and the merger ignores partials it has already merged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -27,6 +28,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka import TopicPartition
 
 from agents.unreadable import Unreadable, unreadable
 from stream.core.dedup import DedupRecordError
@@ -65,6 +67,7 @@ class IngestAgent:
         self.dlq_topic = s.topic("events.dlq")
         self.partials_topic = s.topic("metrics.partials")
         self.triggers_topic = s.topic("triggers")
+        self.events_topic = s.topic("events")
         self.idle_ms = int((s.window_s + s.grace_s) * 1000)
 
     def handle(self, records: list[RawRecord], now_ms: int) -> IngestOutput:
@@ -142,12 +145,14 @@ class IngestAgent:
             Send(rt.changelogs["windows"], by_partition=snapshots, failpoint="ingest-after-windows")
         )
         now = time.monotonic()
-        if now - rt.last_checkpoint >= rt.settings.checkpoint_s:  # a bounded checkpoint interval
-            rt.last_checkpoint = now
-            models: ByPartition = {
-                p: [(orjson.dumps(str(p)), orjson.dumps(rt.model_blob(m)))]
-                for p, m in stage.models.items()
-            }
+        models: ByPartition = {}
+        due = rt.settings.checkpoint_s
+        for p in snapshot:  # a bounded checkpoint interval per partition
+            model = stage.models.get(p)
+            if model is not None and now - rt.last_checkpoint.get(p, 0.0) >= due:
+                rt.last_checkpoint[p] = now
+                models[p] = [(orjson.dumps(str(p)), orjson.dumps(rt.model_blob(model)))]
+        if models:
             sends.append(
                 Send(rt.changelogs["models"], by_partition=models, failpoint="ingest-after-models")
             )
@@ -181,6 +186,32 @@ class IngestAgent:
         ]
         self.rt.metrics.count_invalid({"schema": len(items)})
         return Send(self.dlq_topic, items)
+
+    async def commit_by_partition(self, records: list[RawRecord], now_ms: int) -> None:
+        """One transaction per source partition: its writes and its next offset together.
+
+        The partitions' transactions run concurrently, on their own producers.
+        """
+        by_partition: dict[int, list[RawRecord]] = {}
+        for r in records:
+            by_partition.setdefault(r[2], []).append(r)
+        outs: list[IngestOutput] = []
+        commits = []
+        for p, recs in by_partition.items():
+            try:
+                out = self.handle(recs, now_ms)
+                sends = out.sends
+            except Exception as exc:  # a bug must not stop the worker: DLQ the batch
+                log.exception("ingest batch failed; sending %d records to the DLQ", len(recs))
+                out, sends = IngestOutput(), [self.failed(recs, exc)]
+            outs.append(out)
+            offsets = {TopicPartition(self.events_topic, p): recs[-1][3] + 1}
+            commits.append(
+                self.rt.commit(f"events-{p}", sends, offsets, failpoint="ingest-before-commit")
+            )
+        await asyncio.gather(*commits)
+        for out in outs:
+            self.count(out, now_ms)
 
     def idle_partitions(self, owned: Iterable[int], progress: Any, now_ms: int) -> set[int]:
         """Partitions without a valid event for window + grace *and* nothing left to process.
@@ -338,11 +369,17 @@ class IngestAgent:
 
         async def _revoked(app: Any, revoked: Any = (), **kwargs: Any) -> None:
             await rt.new_generation()
-            self.forget([tp.partition for tp in revoked if tp.topic == events])
+            gone = [tp.partition for tp in revoked if tp.topic == events]
+            self.forget(gone)
+            if rt.transactions is not None:
+                await rt.transactions.close(f"events-{p}" for p in gone)
 
         async def _assigned(app: Any, assigned: Any = (), **kwargs: Any) -> None:
             rt.assigned_generation = rt.generation
-            held.intersection_update(tp.partition for tp in assigned if tp.topic == events)
+            mine = sorted(tp.partition for tp in assigned if tp.topic == events)
+            held.intersection_update(mine)
+            if rt.transactions is not None:  # aborts what a crashed owner left open
+                await rt.transactions.open([f"events-{p}" for p in mine])
 
         def stale() -> bool:
             """The recovery completing is not the current assignment's: the next one restores."""
@@ -410,6 +447,9 @@ class IngestAgent:
                         for m in messages
                     ]
                     now_ms = int(time.time() * 1000)
+                    if rt.transactions is not None:
+                        await self.commit_by_partition(records, now_ms)
+                        continue  # the offsets are committed with the batch
                     try:
                         out = self.handle(records, now_ms)
                         await rt.deliver(out.sends)
@@ -435,4 +475,9 @@ class IngestAgent:
                     int(time.time() * 1000),
                 )
                 if idle:
-                    await rt.deliver(self.publish(idle, idle=True))
+                    await asyncio.gather(
+                        *(
+                            rt.commit(f"events-{p}", self.publish({p}, idle=True))
+                            for p in sorted(idle)
+                        )
+                    )

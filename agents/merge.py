@@ -29,6 +29,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka import TopicPartition
 
 from agents.unreadable import Unreadable, unreadable
 from stream.core.merge import decode_windows
@@ -183,6 +184,16 @@ class MergeAgent:
                 synced[:] = [stage]
             now_ms = int(time.time() * 1000)
             result = self.handle([(m.offset, m.value) for m in messages], now_ms)
+            if rt.transactions is not None:  # outputs, snapshot and partials offset at once
+                sends = [*result.outputs, *([result.snapshot] if result.snapshot else [])]
+                if result.outputs:
+                    result.outputs[-1].failpoint = "merger-after-emit"
+                if result.snapshot is not None:
+                    result.snapshot.failpoint = "merger-after-snapshot"
+                offsets = {TopicPartition(self.partials_topic, 0): messages[-1].offset + 1}
+                await rt.commit("merger", sends, offsets, failpoint="merger-before-commit")
+                self.count(result, now_ms)
+                return
             await rt.deliver(result.outputs)
             self.count(result, now_ms)
             if result.outputs:  # crash tests: a step that emitted, before its snapshot
@@ -197,11 +208,15 @@ class MergeAgent:
         async def _revoked(app: Any, revoked: Any = (), **kwargs: Any) -> None:
             """Let a merge step in progress finish before the partials move to another worker."""
             async with rt.lock:
-                pass
+                if rt.transactions is not None:
+                    await rt.transactions.close(["merger"])
 
         async def _assigned(app: Any, assigned: Any = (), **kwargs: Any) -> None:
             rt.assigned_generation = rt.generation
-            held[0] = held[0] and any(tp.topic == self.partials_topic for tp in assigned)
+            mine = any(tp.topic == self.partials_topic for tp in assigned)
+            held[0] = held[0] and mine
+            if mine and rt.transactions is not None:  # aborts what a crashed merger left open
+                await rt.transactions.open(["merger"])
 
         async def _recovered(**kwargs: Any) -> None:
             """Rebuild the merger from its snapshot unless it kept its partition throughout."""
@@ -231,4 +246,5 @@ class MergeAgent:
                     if seen != rt.generation or restored[0] != rt.generation:
                         continue  # read before or during a rebalance: read again after it
                     await step(messages)
-                ack_all(app, messages)
+                if rt.transactions is None:  # else the offset was committed with the step
+                    ack_all(app, messages)

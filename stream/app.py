@@ -25,10 +25,12 @@ from stream.kafka.faust_internals import (
     TableStores,
     leave_group_when_static,
     message_topic,
+    recover_to_last_records,
     use_batch_consumer,
     use_rocks_budget,
 )
 from stream.kafka.followers import TopicFollower
+from stream.kafka.transactions import Transactions
 from stream.kafka.writer import EventWriter
 from stream.runtime import TABLES, Runtime
 from stream.telemetry import PulseMetrics
@@ -107,7 +109,12 @@ def create_app(settings: Settings) -> faust.App:
         # static membership: a restarted worker takes its partitions back at once
         consumer_group_instance_id=settings.group_instance_id(),
     )
-    use_batch_consumer(app)
+    use_batch_consumer(app, read_committed=settings.transactions)
+    txns = None
+    if settings.transactions:
+        recover_to_last_records(settings)  # changelogs written in transactions end in markers
+        txns = Transactions(settings, group_id=settings.app_id)
+        app.transaction_offsets = txns.committed  # type: ignore[attr-defined]  # lag, progress
     budget = RocksBudget(settings.store_memory) if settings.store == "rocksdb" else None
     if budget is not None:
         use_rocks_budget(budget)  # Faust's tables and the dedup index share PULSE_STORE_MEMORY
@@ -131,6 +138,7 @@ def create_app(settings: Settings) -> faust.App:
         changelogs={name: t.changelog_topic.get_topic_name() for name, t in tables.items()},
         id_dir=str(Path(settings.data_dir) / settings.app_id / "dedup-ids"),  # emptied at start
         rocks_budget=budget,
+        transactions=txns,
     )
 
     @app.service
@@ -140,6 +148,8 @@ def create_app(settings: Settings) -> faust.App:
 
         async def on_stop(self) -> None:
             await rt.writer.stop()
+            if rt.transactions is not None:
+                await rt.transactions.stop()
 
     async def _assigned(app: Any, *args: Any, **kwargs: Any) -> None:
         rt.assigned = True
@@ -153,8 +163,9 @@ def create_app(settings: Settings) -> faust.App:
     ):
         app.service(TopicFollower(settings, settings.topic(name), apply))  # type: ignore[arg-type]
 
-    events = message_topic(app, settings.topic("events"), settings.partitions)
-    partials = message_topic(app, settings.topic("metrics.partials"), 1)
+    acks = not settings.transactions  # else offsets are committed with each batch
+    events = message_topic(app, settings.topic("events"), settings.partitions, acks)
+    partials = message_topic(app, settings.topic("metrics.partials"), 1, acks)
     IngestAgent(rt).attach(app, events, tables)
     EraseAgent(rt).attach(app)  # pulse erase
     MergeAgent(rt).attach(app, partials, tables["merger"])

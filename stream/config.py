@@ -87,6 +87,7 @@ DEFAULTS: dict[str, str] = {
     "PULSE_KAFKA_VERSION": "3.9.1",
     "PULSE_KAFKA_CACHE": "~/.cache/pulse/kafka",
     "PULSE_WORKER_ID": "",
+    "PULSE_TRANSACTIONS": "true",
 }
 
 
@@ -122,6 +123,8 @@ class Settings:
     worker_id: str = ""
     store_memory: int = 256 * 1024 * 1024  # PULSE_STORE_MEMORY: RocksDB's budget, bytes
     state_key: str = field(default="", repr=False)  # PULSE_STATE_KEY: seals state records
+    #: PULSE_TRANSACTIONS: a batch's writes and offsets in one Kafka transaction
+    transactions: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -155,6 +158,12 @@ class Settings:
                     f"PULSE_STORE={value!r}: use memory (default) or rocksdb (needs rocksdict)"
                 )
             return value
+
+        def boolean(name: str) -> bool:
+            value = v[name].strip().lower()
+            if value not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"{name}={v[name]!r}: use true or false")
+            return value in ("true", "1", "yes")
 
         def size(name: str) -> int:
             try:
@@ -193,6 +202,7 @@ class Settings:
             worker_id=v["PULSE_WORKER_ID"].strip(),
             store_memory=size("PULSE_STORE_MEMORY"),
             state_key=v["PULSE_STATE_KEY"],
+            transactions=boolean("PULSE_TRANSACTIONS"),
         )
 
     def group_instance_id(self) -> str:

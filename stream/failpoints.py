@@ -37,8 +37,10 @@ POINTS = {
     "ingest-after-clicks": "... and its last clicks",
     "ingest-after-windows": "... and the window snapshots (offsets not acknowledged yet)",
     "ingest-after-models": "... and a model checkpoint (when one was due)",
+    "ingest-before-commit": "... and the source offsets, in the open transaction (transactions)",
     "merger-after-emit": "a merge step's window records and triggers (before its snapshot)",
     "merger-after-snapshot": "... and the merger snapshot (partials not acknowledged yet)",
+    "merger-before-commit": "... and the partials offset, in the open transaction (transactions)",
 }
 
 

@@ -32,6 +32,7 @@ from stream.core.rocks_budget import RocksBudget
 from stream.core.sealing import StateKey
 from stream.core.windows import window_start
 from stream.failpoints import FAILPOINTS
+from stream.kafka.transactions import Transactions
 from stream.kafka.writer import EventWriter, KeyValue, until_written
 from stream.telemetry import PulseMetrics
 
@@ -107,6 +108,8 @@ class Runtime:
     id_dir: str | None = None
     #: PULSE_STORE=rocksdb: the memory budget the dedup index shares with the tables
     rocks_budget: RocksBudget | None = None
+    #: PULSE_TRANSACTIONS: the producers that commit a batch with its offsets (None: ordered)
+    transactions: Transactions | None = None
     assigned: bool = False
     recovered: bool = False
     #: bumped under ``lock`` when a rebalance revokes partitions: a batch read before
@@ -121,7 +124,7 @@ class Runtime:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_activity: dict[int, float] = field(default_factory=dict)
     processed_offsets: dict[int, int] = field(default_factory=dict)  # last offset per partition
-    last_checkpoint: float = 0.0
+    last_checkpoint: dict[int, float] = field(default_factory=dict)  # per source partition
     campaign_settings: CampaignSettingsStore = field(default_factory=CampaignSettingsStore)
     campaigns: CampaignView = field(default_factory=CampaignView)
     _stage: PartitionStage | None = None
@@ -193,6 +196,25 @@ class Runtime:
     @property
     def stage_built(self) -> bool:
         return self._stage is not None
+
+    async def commit(
+        self,
+        unit: str,
+        sends: list[Send],
+        offsets: Mapping[Any, int] | None = None,
+        failpoint: str = "",
+    ) -> bool:
+        """A batch's writes, with ``offsets`` in one transaction when transactions are on.
+
+        Returns True when ``offsets`` were committed with them; False when they
+        were only written (in order, :meth:`deliver`) and the caller acknowledges
+        the offsets to Faust.
+        """
+        if self.transactions is None:
+            await self.deliver(sends)
+            return False
+        await self.transactions.commit(unit, sends, offsets, failpoint)
+        return True
 
     async def deliver(self, sends: list[Send]) -> None:
         """Write each non-empty send in order, retrying each until Kafka acknowledges it.

@@ -19,6 +19,12 @@ LeaveGroup v3 naming its instance id (:func:`leave_group_when_static`):
 aiokafka 0.14 sends none for a static member, so its partitions would wait for
 the session timeout.
 
+With Kafka transactions (``PULSE_TRANSACTIONS``, :mod:`stream.kafka.transactions`)
+the worker's consumer reads ``read_committed`` (:func:`use_batch_consumer`), and
+a table's recovery reads its changelog up to the last committed record rather
+than to ``end - 1``, which is a transaction marker there, never received, so
+Faust's recovery would wait for it forever (:func:`recover_to_last_records`).
+
 Partition-aware writes into a table's local store (:class:`TableStore`): Faust
 stores pick the partition of a write from the *current event*; batch agents
 have no current event, so they name the partition themselves. Works for the
@@ -32,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 from aiokafka.consumer.fetcher import OffsetResetStrategy
@@ -40,13 +46,20 @@ from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
+from aiokafka.structs import TopicPartition
+from faust.tables.recovery import Recovery
 from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 from mode.utils.queues import ThrowableQueue
 
 from stream.core.progress import Progress
 from stream.core.rocks_budget import RocksBudget
+from stream.kafka.reading import last_data_offsets
+
+if TYPE_CHECKING:
+    from stream.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +113,12 @@ class MessageTopic(faust.Topic):
         await self.queue.put(event)
 
 
-def message_topic(app: faust.App, name: str, partitions: int) -> MessageTopic:
+def message_topic(app: faust.App, name: str, partitions: int, acks: bool = True) -> MessageTopic:
+    """``acks=False``: Faust commits no offsets of it (they are committed in transactions)."""
     topic = MessageTopic(
         app,
         topics=[name],
+        acks=acks,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
@@ -149,6 +164,14 @@ class BatchConsumer(AIOKafkaConsumer):
     Otherwise the original cancellable path is taken, so rebalance behaviour
     is unchanged.
     """
+
+    #: read only committed records (set by :func:`use_batch_consumer`)
+    read_committed = False
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        if self.read_committed:
+            return _ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
+        return super()._new_consumer_thread()
 
     async def seek_to_committed(self) -> Mapping[TP, int]:  # pragma: no cover - needs a broker
         """Back to the committed offsets, also where none is (:func:`rewind_to_committed`)."""
@@ -221,6 +244,19 @@ class BatchConsumer(AIOKafkaConsumer):
 _UNKNOWN = object()
 
 
+class _ReadCommittedThread(AIOKafkaConsumerThread):
+    """Faust's consumer thread whose worker consumer reads ``read_committed``.
+
+    Faust sets that isolation only with its own exactly-once processing, which
+    also replaces the producer; Pulse runs its own transactions.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._isolation_level = "read_committed"  # read by start(), when the fetcher is made
+        return consumer
+
+
 def _raw_queue(channels: Iterable[Any]) -> Any:
     """The queue of the only channel when it is a :class:`MessageTopic`, else None."""
     channels = tuple(channels)
@@ -264,9 +300,44 @@ async def rewind_to_committed(consumer: Any) -> dict[Any, int | None]:
     return committed
 
 
-def use_batch_consumer(app: faust.App) -> None:
+def use_batch_consumer(app: faust.App, read_committed: bool = False) -> None:
     """Make ``app`` create :class:`BatchConsumer` (call before the worker starts)."""
-    app.transport.Consumer = BatchConsumer  # type: ignore[misc]
+    consumer = ReadCommittedBatchConsumer if read_committed else BatchConsumer
+    app.transport.Consumer = consumer  # type: ignore[misc]
+
+
+class ReadCommittedBatchConsumer(BatchConsumer):
+    """:class:`BatchConsumer` reading ``read_committed`` (Kafka transactions are on)."""
+
+    read_committed = True
+
+
+def recover_to_last_records(settings: Settings) -> None:
+    """Table recovery reads each changelog up to its last committed record (transactions).
+
+    Faust's recovery is done when it has received offset ``end - 1`` of every
+    changelog partition (the end being the last stable offset for a
+    ``read_committed`` consumer). A partition written in transactions ends with
+    a marker at ``end - 1``, which no reader receives; Faust detects that only
+    in its own exactly-once mode and only after two 5 s waits. Here the target
+    is the offset of the last record a reader does receive
+    (:func:`stream.kafka.reading.last_data_offsets`), found by reading each
+    partition's tail once when the recovery starts.
+    """
+    original = Recovery._build_highwaters
+
+    async def _build_highwaters(
+        self: Recovery, consumer: Any, tps: Any, destination: Any, title: str
+    ) -> None:
+        await original(self, consumer, tps, destination, title)
+        ends = {(tp.topic, tp.partition): v + 1 for tp, v in destination.items() if v >= 0}
+        if ends:
+            last = await last_data_offsets(settings, ends)
+            for (topic, partition), offset in last.items():
+                destination[TP(topic, partition)] = offset
+            log.info("%s changelogs end at their last committed records: %s", title, last)
+
+    Recovery._build_highwaters = _build_highwaters  # type: ignore[method-assign]
 
 
 def recovery_pending(app: faust.App) -> bool:
@@ -300,8 +371,12 @@ def partition_progress(app: faust.App, topic: str, partition: int) -> Progress:
 
 
 def committed_offsets(app: faust.App) -> dict[TP, int]:
-    """The offsets the worker's consumer last committed, per partition."""
-    return app.consumer._committed_offset  # type: ignore[attr-defined]
+    """The offsets the worker last committed, per partition (its consumer's, or in transactions)."""
+    committed: dict[TP, int] = app.consumer._committed_offset  # type: ignore[attr-defined]
+    in_txns: dict[TopicPartition, int] = getattr(app, "transaction_offsets", {})
+    if in_txns:  # Transactions.committed, when the app commits in transactions
+        committed = {**committed, **{TP(tp.topic, tp.partition): o for tp, o in in_txns.items()}}
+    return committed
 
 
 class TableStore:

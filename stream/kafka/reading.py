@@ -164,3 +164,61 @@ async def read_records(
     finally:
         await consumer.stop()
     return out
+
+
+async def last_data_offsets(
+    settings: Settings, ends: dict[tuple[str, int], int], timeout_s: float = 30
+) -> dict[tuple[str, int], int]:
+    """Offset of the last committed record before ``ends`` (a partition's LSO), or -1.
+
+    A partition written in transactions ends with a commit (or abort) marker: it
+    has an offset but no record, so ``end - 1`` is not a record a reader ever
+    receives. This reads each partition's tail ``read_committed`` (further back
+    while only markers or aborted records are found) and returns what a reader
+    of the partition up to ``end`` receives last.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    out = {key: -1 for key in ends}
+    todo = {TopicPartition(t, p): end for (t, p), end in ends.items() if end > 0}
+    if not todo:
+        return out
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        client_id=f"{settings.app_id}-recovery-tail",
+        **settings.kafka_client_kwargs(),
+    )
+    await asyncio.wait_for(consumer.start(), timeout_s)
+    try:
+        consumer.assign(list(todo))
+        begin = await consumer.beginning_offsets(list(todo))
+        step = 16
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            start = {tp: max(begin[tp], end - step) for tp, end in todo.items()}
+            for tp, offset in start.items():
+                consumer.seek(tp, offset)
+            pending = set(todo)
+            while pending:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"reading the tails of {sorted(pending)} stalled")
+                batches = await consumer.getmany(*pending, timeout_ms=200)
+                for tp, messages in batches.items():
+                    for m in messages:
+                        if m.offset < todo[tp]:
+                            out[(tp.topic, tp.partition)] = max(
+                                out[(tp.topic, tp.partition)], m.offset
+                            )
+                for tp in list(pending):
+                    if await consumer.position(tp) >= todo[tp]:
+                        pending.discard(tp)
+            for tp in list(todo):  # found, or nothing before the tail read: done
+                if out[(tp.topic, tp.partition)] >= 0 or start[tp] <= begin[tp]:
+                    del todo[tp]
+            step *= 8
+    finally:
+        await consumer.stop()
+    return out

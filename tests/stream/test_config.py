@@ -45,6 +45,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "worker_id": "",
     "store_memory": 256 * 1024 * 1024,
     "state_key": "",
+    "transactions": True,
 }
 
 
@@ -139,6 +140,7 @@ OVERRIDES: list[tuple[str, str, str, Any]] = [
     ("PULSE_WORKER_ID", " w-2 ", "worker_id", "w-2"),
     ("PULSE_STORE_MEMORY", "1GiB", "store_memory", 1 << 30),
     ("PULSE_STATE_KEY", "k3y", "state_key", "k3y"),
+    ("PULSE_TRANSACTIONS", "false", "transactions", False),
 ]
 
 
