@@ -151,7 +151,8 @@ class Transactions:
         Retries until Kafka commits (a broker outage aborts the attempt, and the
         same writes go again in a new transaction). Each write's failpoint is
         passed once it is in the open transaction, ``failpoint`` once every
-        write is acknowledged and the offsets are in (just before the commit).
+        write is acknowledged and the offsets are in (just before the commit); when
+        a write's failpoint is armed the write is acknowledged before it fires.
         Raises :class:`UnitFenced` when another producer took the unit over.
         """
         if not any(writes) and not offsets:
@@ -195,6 +196,8 @@ class Transactions:
             for key, value in w.records:
                 futures.append(await producer.send(w.topic, value=value, key=key))
             if w.failpoint:
+                if w.failpoint in FAILPOINTS.armed:  # a crash test: the write is on the broker
+                    await asyncio.wait_for(asyncio.gather(*futures), timeout)
                 FAILPOINTS.reached(w.failpoint)
         if offsets:
             await asyncio.wait_for(

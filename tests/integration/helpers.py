@@ -41,9 +41,13 @@ async def consume_all(
     name: str,
     expected: int | None = None,
     timeout_s: float = 30,
-    isolation_level: str = "read_uncommitted",
+    isolation_level: str = "read_committed",
 ) -> list[tuple[bytes | None, bytes]]:
-    """Read a topic from the beginning until ``expected`` records or the topic's end."""
+    """Read a topic from the beginning until ``expected`` records or the topic's end.
+
+    ``read_committed`` as the product's consumers must read: records of a
+    transaction a crash cut short are not seen (``read_uncommitted`` shows them).
+    """
     consumer = AIOKafkaConsumer(
         name,
         bootstrap_servers=bootstrap,
