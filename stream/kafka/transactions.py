@@ -70,8 +70,10 @@ class Transactions:
         self.timeout_s = timeout_s
         self._producers: dict[str, AIOKafkaProducer] = {}
         self._opening: dict[str, asyncio.Task[AIOKafkaProducer]] = {}
-        #: the offsets each commit made, per source partition (for lag and progress)
+        #: the offsets each commit made, per source partition (for lag and progress);
+        #: a unit's are forgotten when it is closed (its new owner commits them)
         self.committed: dict[TopicPartition, int] = {}
+        self._committed_by: dict[str, set[TopicPartition]] = {}
         self.commits = 0
         self.retries = 0
 
@@ -132,6 +134,8 @@ class Transactions:
     async def close(self, units: Iterable[str]) -> None:
         """Stop the producers of units this worker no longer owns."""
         for unit in list(units):
+            for tp in self._committed_by.pop(unit, ()):
+                self.committed.pop(tp, None)
             producer = self._producers.pop(unit, None)
             if producer is not None:
                 await _stop(producer)
@@ -179,6 +183,7 @@ class Transactions:
         self.commits += 1
         if offsets:
             self.committed.update(offsets)
+            self._committed_by.setdefault(unit, set()).update(offsets)
 
     async def _attempt(
         self,
