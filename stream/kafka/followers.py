@@ -41,6 +41,7 @@ class TopicFollower(faust.Service):
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
+                isolation_level="read_committed",  # records of aborted transactions unseen
                 **self.settings.kafka_client_kwargs(),
             )
             try:

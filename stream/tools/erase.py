@@ -84,6 +84,7 @@ async def _wait_ack(
         group_id=None,
         enable_auto_commit=False,
         client_id=f"{settings.app_id}-erase",
+        isolation_level="read_committed",
         **settings.kafka_client_kwargs(),
     )
     await consumer.start()

@@ -6,8 +6,9 @@ seeded stream of ``test_crash`` is produced in chunks: each SIGKILLs itself at
 its boundary (checked: exit by SIGKILL and ``failpoint <name> fired`` in its
 log) and the next worker, armed with the next point, takes over. At the end a
 clean worker drains the rest, and every window record must equal the
-reference aggregation, no event may be in the DLQ and no campaign trigger may
-be repeated under a new id.
+reference aggregation, and no trigger may be repeated under a new id. Each
+chunk also carries one invalid record: the DLQ must hold each exactly once
+(with transactions; at least once with ``PULSE_TRANSACTIONS=false``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from stream.config import Settings
 from stream.failpoints import POINTS
 from tests.integration.helpers import (
     assert_exact,
@@ -54,7 +56,8 @@ async def test_a_crash_at_every_failpoint_keeps_windows_exact(
     expected = stream_reference(events)
     records = encode_events(events)
     size = -(-len(records) // CHUNKS)
-    chunks = [records[i * size : (i + 1) * size] for i in range(CHUNKS)]
+    bad = [(f"bad-{i}".encode(), b'{"event_id":"bad-%d","type":"nope"}' % i) for i in range(CHUNKS)]
+    chunks = [[*records[i * size : (i + 1) * size], bad[i]] for i in range(CHUNKS)]
     events_topic = topic(dict(worker_env, **ENV), "events")
 
     fired: list[str] = []
@@ -84,10 +87,21 @@ async def test_a_crash_at_every_failpoint_keeps_windows_exact(
     got = await final_records(
         kafka.bootstrap, topic(worker_env, "metrics"), len(expected), timeout_s=180
     )
-    dlq = await consume_all(kafka.bootstrap, topic(worker_env, "events.dlq"))
-    assert [orjson.loads(v)["reason"] for _, v in dlq] == [], "every event is valid and on time"
+    dlq = [
+        orjson.loads(v)
+        for _, v in await consume_all(kafka.bootstrap, topic(worker_env, "events.dlq"))
+    ]
+    assert {d["reason"] for d in dlq} == {"schema"}, "only the invalid records, none on time"
+    in_dlq = sorted(orjson.loads(d["payload"])["event_id"] for d in dlq)
+    if Settings.from_env(dict(worker_env, **ENV)).transactions:
+        assert in_dlq == sorted(f"bad-{i}" for i in range(CHUNKS)), "each invalid record once"
+    else:
+        assert set(in_dlq) == {f"bad-{i}" for i in range(CHUNKS)}, "each invalid record"
     assert_exact(got, expected)
     raw = await consume_all(kafka.bootstrap, topic(worker_env, "triggers"))
     ids = [t["trigger_id"] for t in map(orjson.loads, (v for _, v in raw))]
     assert len(ids) == len(set(ids)), "a trigger was sent twice"
-    print(f"failpoints fired: {', '.join(fired)}; {len(got)} window records exact")
+    print(
+        f"failpoints fired: {', '.join(fired)}; {len(got)} window records exact, "
+        f"{len(dlq)} DLQ records for {CHUNKS} invalid ones, {len(ids)} triggers none repeated"
+    )
