@@ -11,8 +11,11 @@ initialised, and ``read_committed`` readers never see its records. So the
 offsets are committed exactly when the batch's effects are.
 
 Fencing: a worker that lost a unit but still runs (a long pause past its session
-timeout) finds its producer fenced by the new owner's; :class:`UnitFenced` is
-raised and the worker stops instead of writing anything more for it.
+timeout) finds its producer fenced by the new owner's. :class:`UnitFenced` is
+raised, every later commit of this worker raises it too (a new producer for
+the unit would fence the new owner in turn), and ``on_fenced`` is called: by
+default it sends this process SIGTERM, a clean stop, after which the worker's
+supervisor starts it again and it rejoins the group.
 
 >>> isinstance(UnitFenced("events-3"), RuntimeError)
 True
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import os
+import signal
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer, TopicPartition, errors
@@ -64,10 +69,19 @@ class Transactions:
     >>> await txns.commit("events-0", sends, offsets)                  # doctest: +SKIP
     """
 
-    def __init__(self, settings: Settings, group_id: str, timeout_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        group_id: str,
+        timeout_s: float = 15.0,
+        on_fenced: Callable[[UnitFenced], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.group_id = group_id
         self.timeout_s = timeout_s
+        self.on_fenced = on_fenced or _stop_this_process
+        #: set once a producer of this worker was fenced: nothing more is committed
+        self.fenced: UnitFenced | None = None
         self._producers: dict[str, AIOKafkaProducer] = {}
         self._opening: dict[str, asyncio.Task[AIOKafkaProducer]] = {}
         #: the offsets each commit made, per source partition (for lag and progress);
@@ -159,6 +173,8 @@ class Transactions:
         a write's failpoint is armed the write is acknowledged before it fires.
         Raises :class:`UnitFenced` when another producer took the unit over.
         """
+        if self.fenced is not None:
+            raise UnitFenced(f"not committed: {self.fenced}")
         if not any(writes) and not offsets:
             return
         delay = 0.2
@@ -170,10 +186,14 @@ class Transactions:
                 break
             except _FENCED as exc:
                 await self._drop(unit, producer)
-                raise UnitFenced(
+                self.fenced = UnitFenced(
                     f"{unit}: another worker's producer took over ({exc!r}); this worker "
-                    "writes nothing more for it"
-                ) from exc
+                    "commits nothing more and stops: it lost its partitions (a pause longer "
+                    "than BROKER_SESSION_TIMEOUT?) and rejoins the group when restarted"
+                )
+                log.critical("%s", self.fenced)
+                self.on_fenced(self.fenced)
+                raise UnitFenced(str(self.fenced)) from exc
             except (errors.KafkaError, TimeoutError, OSError) as exc:
                 self.retries += 1
                 log.warning("transaction of %s failed, retrying in %.1fs: %r", unit, delay, exc)
@@ -229,6 +249,10 @@ class Transactions:
             del self._producers[unit]
         if producer is not None:
             await _stop(producer)
+
+
+def _stop_this_process(_: UnitFenced) -> None:
+    os.kill(os.getpid(), signal.SIGTERM)  # Faust's clean stop: leaves the group, exits
 
 
 async def _stop(producer: AIOKafkaProducer) -> None:
