@@ -7,9 +7,9 @@ duplicates) is produced in chunks. The first worker runs with the failpoint
 step's outputs are acknowledged and before the merger snapshot (the narrowest
 gap, hit deterministically). With transactions those outputs were in the open
 transaction: aborted, seen by ``read_uncommitted`` readers only; without, the
-restarted merger must drop them as already sent. Then, after seeded chunks and at seeded delays,
-the worker is killed with SIGKILL from outside and a new one started (kills
-left over happen during the final drain). At the end ``pulse.metrics``
+restarted merger must drop them as already sent. Then, after seeded chunks
+and at seeded delays, the worker is killed with SIGKILL from outside and a new
+one started (kills left over happen during the final drain). At the end ``pulse.metrics``
 must hold exactly the reference aggregation (each window once, no loss, no
 double count), and ``pulse.triggers`` exactly the campaign triggers of an
 offline backtest of the same records: the same ``trigger_id`` and action,
