@@ -40,13 +40,13 @@ demo: $(STAMP)
 	$(BIN)/pulse demo
 
 test: $(STAMP) deps
-	$(BIN)/pytest tests -q
+	$(BIN)/pytest tests -q --durations=15
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests -q -m "not integration and not kafka4"
 
 test-kafka4: $(STAMP) deps
-	PULSE_TEST_KAFKA_VERSION=$${PULSE_TEST_KAFKA_VERSION:-4.4.0} $(BIN)/pytest tests/integration -q -m integration
+	PULSE_TEST_KAFKA_VERSION=$${PULSE_TEST_KAFKA_VERSION:-4.4.0} $(BIN)/pytest tests/integration -q -m kafka4 --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check stream agents schemas tests bench

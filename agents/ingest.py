@@ -241,6 +241,7 @@ class IngestAgent:
         s = self.rt.settings
         dedup = self.rt.stage.ingestor.dedup
         now_ms = int(time.time() * 1000)
+        t0 = time.monotonic()
         rows = await read_records(
             s,
             s.dedup_log,
@@ -254,6 +255,7 @@ class IngestAgent:
             if value is not None and part in by_partition:
                 by_partition[part].append((offset, ts, value))
         rows.clear()
+        read_s = time.monotonic() - t0
         n = 0
         unseal = self.rt.state_key.open
         for p in sorted(partitions):
@@ -272,6 +274,13 @@ class IngestAgent:
                     "this partition cannot be restored (delete the record's segment or the "
                     "topic to start its dedup afresh)"
                 ) from exc
+        log.info(
+            "dedup log of partitions %s read in %.1fs, %d ids indexed in %.1fs",
+            sorted(partitions),
+            read_s,
+            n,
+            time.monotonic() - t0 - read_s,
+        )
         n += await self.migrate_legacy_dedup(partitions, now_ms)
         release_free_memory()  # the log records read
         return n

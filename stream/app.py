@@ -25,6 +25,7 @@ from stream.kafka.faust_internals import (
     TableStores,
     leave_group_when_static,
     message_topic,
+    recover_latest_only,
     recover_to_last_records,
     use_batch_consumer,
     use_rocks_budget,
@@ -32,7 +33,7 @@ from stream.kafka.faust_internals import (
 from stream.kafka.followers import TopicFollower
 from stream.kafka.transactions import Transactions
 from stream.kafka.writer import EventWriter
-from stream.runtime import TABLES, Runtime
+from stream.runtime import LATEST_ONLY, TABLES, Runtime
 from stream.telemetry import PulseMetrics
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,8 @@ def create_app(settings: Settings) -> faust.App:
     if budget is not None:
         use_rocks_budget(budget)  # Faust's tables and the dedup index share PULSE_STORE_MEMORY
     leave_group_when_static()  # aiokafka leaves no group as a static member: on stop, do
+    # one key per changelog partition: the last record is the whole table
+    recover_latest_only(f"{settings.app_id}-{name}-changelog" for name in LATEST_ONLY)
     tables = {
         name: app.Table(
             name,

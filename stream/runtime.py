@@ -46,6 +46,8 @@ TABLES = {
     "merger": ("one", "'merger' -> partials merged so far"),
     "models": ("events", "source partition -> pickled propensity model (base64)"),
 }
+#: tables whose changelog partition holds one key, each record the whole value
+LATEST_ONLY = ("windows", "merger", "models")
 
 
 class PartitionedStore(Protocol):

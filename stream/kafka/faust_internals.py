@@ -24,6 +24,8 @@ the worker's consumer reads ``read_committed`` (:func:`use_batch_consumer`), and
 a table's recovery reads its changelog up to the last committed record rather
 than to ``end - 1``, which is a transaction marker there, never received, so
 Faust's recovery would wait for it forever (:func:`recover_to_last_records`).
+A table with one key per changelog partition restores from that partition's
+last record alone (:func:`recover_latest_only`).
 
 Partition-aware writes into a table's local store (:class:`TableStore`): Faust
 stores pick the partition of a write from the *current event*; batch agents
@@ -338,6 +340,44 @@ def recover_to_last_records(settings: Settings) -> None:
             log.info("%s changelogs end at their last committed records: %s", title, last)
 
     Recovery._build_highwaters = _build_highwaters  # type: ignore[method-assign]
+
+
+#: changelogs restored from their last record alone (:func:`recover_latest_only`)
+_LATEST_ONLY: set[str] = set()
+
+
+def recover_latest_only(changelogs: Iterable[str]) -> None:
+    """Recovery reads only the last record of each partition of ``changelogs``.
+
+    For tables with one key per changelog partition (the window snapshot, the
+    model checkpoint and the merger state of a partition: each record replaces
+    the whole value), the last record *is* the table. Faust would read every
+    snapshot since the last compaction (thousands after a busy day, compaction
+    never touches the active segment); here the reading starts at the last one,
+    so a restore costs one record per partition whatever the history. Runs
+    after the highwaters are known (:func:`recover_to_last_records` moves them to
+    the last committed record first). Offsets a persistent store already holds
+    are kept when they are further on.
+    """
+    first = not _LATEST_ONLY
+    _LATEST_ONLY.update(changelogs)
+    if not first:
+        return
+    original = Recovery._build_offsets
+
+    async def _build_offsets(
+        self: Recovery, consumer: Any, tps: Any, destination: Any, title: str
+    ) -> None:
+        await original(self, consumer, tps, destination, title)
+        if title != "active":
+            return
+        for tp in tps:
+            last = self.active_highwaters.get(tp, -1)
+            if tp.topic in _LATEST_ONLY and last is not None and last > destination[tp] + 1:
+                destination[tp] = last - 1  # Faust seeks to the offset after: ``last``
+                log.info("%s: restored from its last record (offset %d) alone", tp, last)
+
+    Recovery._build_offsets = _build_offsets  # type: ignore[method-assign]
 
 
 def recovery_pending(app: faust.App) -> bool:

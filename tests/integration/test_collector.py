@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration.helpers import consume_all, topic
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka4]
 
 AUTH = {"Authorization": "Bearer test-key"}
 

@@ -42,7 +42,7 @@ from tests.integration.helpers import (
     topic,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka4]
 
 SEED = 20261123
 CHUNKS = 14

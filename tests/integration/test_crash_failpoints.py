@@ -33,7 +33,7 @@ from tests.integration.helpers import (
     topic,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka4]
 
 SEED = 20261202
 CHUNKS = 30

@@ -60,7 +60,7 @@ from tests.integration.helpers import (
     topic,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.kafka4, pytest.mark.timeout(900)]
 
 SEED = int(os.environ.get("PULSE_CRASH_LIVE_SEED", "20261201"))
 EVENTS = 3_000  # first copies, generated evenly over SECONDS

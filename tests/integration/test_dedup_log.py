@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration.helpers import consume_all, produce, topic
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka4]
 
 
 def view(event_id: str, user: str) -> tuple[bytes, bytes]:

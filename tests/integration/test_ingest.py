@@ -9,7 +9,7 @@ import pytest
 
 from tests.integration.helpers import consume_all, produce, topic
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka4]
 
 
 def event(event_id: str, etype: str = "view", **extra: object) -> dict[str, object]:

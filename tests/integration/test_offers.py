@@ -14,7 +14,7 @@ import pytest
 from stream.core.sealing import MAGIC, StateKey
 from tests.integration.helpers import consume_all, encode, final_click, history, produce, topic
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka4]
 
 RULES = Path(__file__).resolve().parents[2] / "stream" / "rules.yaml"
 

@@ -28,7 +28,7 @@ from stream.tools.broker import KafkaBroker, free_port
 from tests.integration.conftest import Worker, deployment_env
 from tests.integration.helpers import consume_all, topic
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka4]
 
 AUTH = {"Authorization": "Bearer outage-key"}
 OUTAGE_S = 30.0

@@ -22,7 +22,7 @@ from stream.core.privacy import pseudonymize
 from tests.integration.conftest import ROOT
 from tests.integration.helpers import consume_all, topic
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka4]
 
 SALT = "test-salt-7f3a"
 AUTH = {"Authorization": "Bearer test-key"}

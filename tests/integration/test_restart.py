@@ -30,7 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.integration.helpers import produce, topic
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka4]
 
 SESSION_TIMEOUT_S = 60  # Faust's default, not lowered: the point is not to wait for it
 INFO = {"PULSE_LOG_LEVEL": "info"}  # worker-*.log in the tmp dir tell what happened

@@ -34,7 +34,7 @@ from tests.integration.helpers import (
     topic,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka4]
 
 SEED = 6060
 PARTITIONS = 6

@@ -28,7 +28,7 @@ from stream.kafka.topics import security_problem
 from stream.tools.broker import KafkaBroker, free_port, metadata_ready
 from tests.integration.conftest import ROOT, Worker, deployment_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka4]
 
 USERS = {"alice": "alice-secret", "bob": "bob-secret"}
 WRONG = "not-the-password"

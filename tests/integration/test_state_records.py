@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.helpers import produce, topic
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka4]
 
 
 class _Exploit:

@@ -21,7 +21,7 @@ from stream.kafka.transactions import Transactions, UnitFenced
 from stream.runtime import Send
 from tests.integration.helpers import consume_all
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka4]
 
 
 async def test_a_fenced_worker_commits_nothing_more_and_asks_to_stop(worker_env, kafka) -> None:

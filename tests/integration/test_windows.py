@@ -21,7 +21,7 @@ from tests.integration.helpers import (
     window_truth,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.kafka4]
 
 BASE = 1_700_000_000_000 - 1_700_000_000_000 % 10_000  # a window edge, long ago
 S = 1000

@@ -11,6 +11,7 @@ acknowledged gap and committed past them.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,6 +24,7 @@ from mode.utils.queues import FlowControlEvent
 from stream.kafka.faust_internals import (
     RawQueue,
     message_topic,
+    recover_latest_only,
     recovery_pending,
     rewind_to_committed,
 )
@@ -147,3 +149,29 @@ async def test_the_seek_back_to_committed_rewinds_partitions_nothing_was_committ
     assert committed == {tps[0]: 12, tps[1]: None, tps[2]: 0, tps[3]: None}
     assert consumer._fetcher.seeks == {tps[0]: 12, tps[2]: 0}
     assert consumer._fetcher.resets == [({tps[1], tps[3]}, OffsetResetStrategy.EARLIEST)]
+
+
+async def test_single_key_changelogs_are_restored_from_their_last_record_alone() -> None:
+    """Windows, models, merger: read from the last record; other changelogs from the start."""
+    from faust.tables.recovery import Recovery
+
+    recover_latest_only(["app-windows-changelog"])
+    windows, fresh, clicks = (
+        TP("app-windows-changelog", 0),
+        TP("app-windows-changelog", 1),
+        TP("app-clicks-changelog", 0),
+    )
+
+    class Earliest:
+        async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+            return dict.fromkeys(tps, 0)
+
+    recovery = SimpleNamespace(
+        active_highwaters={windows: 2_600, fresh: 0, clicks: 9_000},
+        log=SimpleNamespace(info=lambda *a, **k: None),
+        _start_offsets_logtable=lambda offsets, title: "",
+    )
+    offsets: Counter[TP] = Counter({windows: None, fresh: None, clicks: None})
+    await Recovery._build_offsets(recovery, Earliest(), {windows, fresh, clicks}, offsets, "active")
+    # Faust seeks to the offset after the one given: the last record, the first one, the first one
+    assert offsets == {windows: 2_599, fresh: -1, clicks: -1}
