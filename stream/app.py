@@ -120,8 +120,6 @@ def create_app(settings: Settings) -> faust.App:
     if budget is not None:
         use_rocks_budget(budget)  # Faust's tables and the dedup index share PULSE_STORE_MEMORY
     leave_group_when_static()  # aiokafka leaves no group as a static member: on stop, do
-    # one key per changelog partition: the last record is the whole table
-    recover_latest_only(f"{settings.app_id}-{name}-changelog" for name in LATEST_ONLY)
     tables = {
         name: app.Table(
             name,
@@ -143,6 +141,8 @@ def create_app(settings: Settings) -> faust.App:
         rocks_budget=budget,
         transactions=txns,
     )
+    # one key per changelog partition: the last record is the whole table
+    recover_latest_only(rt.changelogs[name] for name in LATEST_ONLY)
 
     @app.service
     class WriterService(faust.Service):  # the collector's acks=all producer

@@ -314,6 +314,10 @@ class ReadCommittedBatchConsumer(BatchConsumer):
     read_committed = True
 
 
+#: the settings :func:`recover_to_last_records` reads changelog tails with
+_TAIL_SETTINGS: list[Settings] = []
+
+
 def recover_to_last_records(settings: Settings) -> None:
     """Table recovery reads each changelog up to its last committed record (transactions).
 
@@ -324,8 +328,13 @@ def recover_to_last_records(settings: Settings) -> None:
     in its own exactly-once mode and only after two 5 s waits. Here the target
     is the offset of the last record a reader does receive
     (:func:`stream.kafka.reading.last_data_offsets`), found by reading each
-    partition's tail once when the recovery starts.
+    partition's tail once when the recovery starts. Patched once per process;
+    the settings of the last call are the ones used.
     """
+    first = not _TAIL_SETTINGS
+    _TAIL_SETTINGS[:] = [settings]
+    if not first:
+        return
     original = Recovery._build_highwaters
 
     async def _build_highwaters(
@@ -334,7 +343,7 @@ def recover_to_last_records(settings: Settings) -> None:
         await original(self, consumer, tps, destination, title)
         ends = {(tp.topic, tp.partition): v + 1 for tp, v in destination.items() if v >= 0}
         if ends:
-            last = await last_data_offsets(settings, ends)
+            last = await last_data_offsets(_TAIL_SETTINGS[0], ends)
             for (topic, partition), offset in last.items():
                 destination[TP(topic, partition)] = offset
             log.info("%s changelogs end at their last committed records: %s", title, last)
@@ -373,7 +382,7 @@ def recover_latest_only(changelogs: Iterable[str]) -> None:
             return
         for tp in tps:
             last = self.active_highwaters.get(tp, -1)
-            if tp.topic in _LATEST_ONLY and last is not None and last > destination[tp] + 1:
+            if tp.topic in _LATEST_ONLY and last > destination[tp] + 1:
                 destination[tp] = last - 1  # Faust seeks to the offset after: ``last``
                 log.info("%s: restored from its last record (offset %d) alone", tp, last)
 
