@@ -30,7 +30,7 @@ import faust
 import orjson
 from aiokafka import TopicPartition
 
-from agents.unreadable import Unreadable, unreadable
+from agents.unreadable import Unreadable, stop_restore, unreadable
 from stream.core.dedup import DedupRecordError
 from stream.core.ingest import RawRecord, dlq_record
 from stream.core.merge import encode_windows
@@ -408,16 +408,15 @@ class IngestAgent:
                     keep=held,
                 )
             except Unreadable as bad:  # never skipped: the worker stops, saying where
-                err = await bad.located(s, rt.changelogs[bad.table])
-                log.critical("%s", err)
-                raise err from bad
+                await stop_restore(app, await bad.located(s, rt.changelogs[bad.table]))
+                return
             self.keep_dedup(mine)
             t0 = time.monotonic()
             try:
                 ids = await self.restore_dedup(restored_now)
             except (DedupRecordError, StateRecordError) as exc:
-                log.critical("%s", exc)
-                raise
+                await stop_restore(app, exc)
+                return
             if stale():  # a newer rebalance began while the dedup log was read
                 return
             held.clear()

@@ -31,7 +31,7 @@ import faust
 import orjson
 from aiokafka import TopicPartition
 
-from agents.unreadable import Unreadable, unreadable
+from agents.unreadable import Unreadable, stop_restore, unreadable
 from stream.core.merge import decode_windows
 from stream.core.pipeline import MergeOutput, MergeStage
 from stream.failpoints import FAILPOINTS
@@ -228,9 +228,8 @@ class MergeAgent:
                     with unreadable("merger", 0, "merger"):
                         rt.merge = rt.new_merge_stage(table.data.get("merger"))
                 except Unreadable as bad:  # never skipped: the worker stops, saying where
-                    err = await bad.located(rt.settings, rt.changelogs["merger"])
-                    log.critical("%s", err)
-                    raise err from bad
+                    await stop_restore(app, await bad.located(rt.settings, rt.changelogs["merger"]))
+                    return
             held[0] = owned
             restored[0] = rt.generation
 

@@ -3,19 +3,23 @@
 Faust restores the tables before the agents read them, so what fails to decode
 or authenticate is known by table, partition and key; :meth:`Unreadable.located`
 then finds the offset of that key's latest record in the changelog (read only on
-this error path) for the message.
+this error path) for the message. :func:`stop_restore` then stops the worker.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import orjson
 
 from stream.config import Settings
 from stream.core.sealing import StateRecordError
 from stream.kafka.reading import read_records
+
+log = logging.getLogger(__name__)
 
 
 class Unreadable(Exception):
@@ -52,3 +56,14 @@ def unreadable(table: str, partition: int, key: str) -> Iterator[None]:
         yield
     except Exception as exc:
         raise Unreadable(table, partition, key, exc) from exc
+
+
+async def stop_restore(app: Any, err: BaseException) -> None:
+    """Log ``err`` at CRITICAL and crash ``app``: the worker process exits with an error.
+
+    Raising from a recovery callback would not do: Faust waits for those with
+    ``asyncio.wait``, which keeps their exceptions, and the worker would stay up,
+    never ready, with its partitions held.
+    """
+    log.critical("%s", err)
+    await app.crash(err)

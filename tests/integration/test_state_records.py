@@ -47,7 +47,8 @@ async def test_a_forged_model_checkpoint_stops_the_restore_unexecuted(
     await produce(
         kafka.bootstrap, changelog, [(orjson.dumps("0"), orjson.dumps(forged))], partition=0
     )
-    with pytest.raises(AssertionError):  # it stops instead of loading or skipping the record
+    # it stops instead of loading or skipping the record: exits with an error, no hang
+    with pytest.raises(AssertionError, match=r"exited with code [1-9]"):
         make_worker(PULSE_STATE_KEY="k3y", PULSE_DATA_DIR=str(tmp_path / "fresh"))
     assert not target.exists(), "the forged pickle was executed"
     log = (tmp_path / "worker-1.log").read_text(errors="replace")
