@@ -1,15 +1,15 @@
-"""Exact per-partition event-id deduplication in about 16 B of memory per id.
+"""Exact per-partition event-id deduplication in about 12 B of memory per id.
 
 A repeat of an ``event_id`` on the same partition within ``ttl_ms`` of its first
 sighting is a duplicate, except the *same record* (same partition and offset)
 delivered again after a crash, which must be processed again rather than lost.
 Lookups are per partition: events are keyed by user, so copies share one.
 
-Memory holds only a 64-bit :func:`fingerprint`, a relative offset and a position
-per id (sorted numpy runs per time segment, plus a small dict for the newest
-ids); the full ids live in one append-only file per partition and segment (or a
-``bytearray`` without ``id_dir``) and are read only on a fingerprint hit, so a
-collision never drops a real event. The changelog holds one record per
+Memory holds only a 64-bit :func:`fingerprint` and an ordinal per id (sorted
+numpy runs per time segment, plus a small dict for the newest ids); the full
+ids, and each id's record offset, live in append-only files per partition and
+segment (or ``bytearray`` s without ``id_dir``) and are read only on a
+fingerprint hit, so a collision never drops a real event. The changelog holds one record per
 partition per :meth:`Deduplicator.drain_records`, which
 :meth:`Deduplicator.restore` loads with numpy, without a loop per id.
 
@@ -282,84 +282,48 @@ def _encode(blocks: list[_Block]) -> bytes:
 # ------------------------------------------------------------------ the index
 
 
+# an entry: where an id is stored, the offset of its record
+_ENTRY = np.dtype([("pos", "<u4"), ("offset", "<i8")])
+_ENTRY_STRUCT = struct.Struct("<Iq")
+
+
 class _Run:
-    """Sorted fingerprints with their offsets (relative to ``base``) and id positions."""
+    """Sorted fingerprints with the ordinals of their entries in the segment."""
 
-    __slots__ = ("base", "fps", "level", "pos", "rel", "top")
+    __slots__ = ("fps", "level", "ords")
 
-    def __init__(
-        self, fps: U64Array, offsets: I64Array, pos: npt.NDArray[np.int64], level: int
-    ) -> None:
-        self.base = int(offsets.min())
-        self.top = int(offsets.max())
-        self.fps = fps
-        self.rel: U32Array = (offsets - self.base).astype(np.uint32)
-        self.pos: U32Array = pos.astype(np.uint32)
+    def __init__(self, fps: U64Array, ords: U32Array, level: int) -> None:
+        order = np.argsort(fps, kind="stable")  # equal fingerprints stay in ordinal order
+        self.fps: U64Array = fps[order]
+        self.ords: U32Array = ords[order]
         self.level = level
 
 
-def _runs(fps: U64Array, offsets: I64Array, pos: npt.NDArray[np.int64], level: int) -> list[_Run]:
-    """Sorted runs of unsorted entries (several if the offsets span 2**32 or more)."""
-    order = np.argsort(fps, kind="stable")  # equal fingerprints stay in position order
-    fps, offsets, pos = fps[order], offsets[order], pos[order]
-    span = (offsets - offsets.min()) >> 32
-    if not span.any():
-        return [_Run(fps, offsets, pos, level)]
-    return [_Run(fps[m], offsets[m], pos[m], _NEVER) for m in (span == g for g in np.unique(span))]
-
-
 def _merge(runs: list[_Run], level: int) -> _Run:
-    """One run of sorted runs in position order (their offsets must span less than 2**32)."""
+    """One run of runs (a merge of sorted runs: timsort)."""
     fps = np.concatenate([r.fps for r in runs])
-    order = np.argsort(fps, kind="stable")  # a merge of sorted runs (timsort)
-    base = min(r.base for r in runs)
-    rel = np.concatenate([r.rel + np.uint32(r.base - base) for r in runs])
-    pos = np.concatenate([r.pos for r in runs])
-    merged = _Run.__new__(_Run)
-    merged.fps, merged.rel, merged.pos = fps[order], rel[order], pos[order]
-    merged.base, merged.top, merged.level = base, max(r.top for r in runs), level
-    return merged
+    return _Run(fps, np.concatenate([r.ords for r in runs]), level)
 
 
 class _Open:
-    """The newest ids of a segment: fingerprint -> ordinal(s) into parallel arrays."""
+    """The newest ids of a segment: fingerprint -> ordinal(s), from ordinal ``first`` on."""
 
-    __slots__ = ("fps", "index", "offsets", "pos")
+    __slots__ = ("first", "fps", "index")
 
-    def __init__(self) -> None:
+    def __init__(self, first: int) -> None:
+        self.first = first
         self.index: dict[int, int | list[int]] = {}
         self.fps = array("Q")
-        self.offsets = array("q")
-        self.pos = array("q")
 
 
-class _Segment:
-    """Ids first seen in one time slot of one partition, and where their full ids are."""
+class _Store:
+    """An append-only byte store: a file (written with ``os.write``, read with
+    ``os.pread``) or, without a path, a ``bytearray``."""
 
-    __slots__ = (
-        "block_pos",
-        "block_seen",
-        "buf",
-        "count",
-        "fd",
-        "max_seen",
-        "open",
-        "path",
-        "runs",
-        "seq",
-        "size",
-        "start",
-    )
+    __slots__ = ("buf", "fd", "path", "size")
 
-    def __init__(self, seq: int, start: int, path: Path | None) -> None:
-        self.seq, self.start, self.path = seq, start, path
-        self.max_seen = start
-        self.runs: list[_Run] = []
-        self.open: _Open | None = None
-        self.count = 0
-        self.size = 0  # bytes of ids stored
-        self.block_pos = array("q")  # where each block of ids starts, ascending
-        self.block_seen = array("q")  # and when they were first seen
+    def __init__(self, path: Path | None) -> None:
+        self.path, self.size = path, 0
         self.buf: bytearray | None = None
         self.fd = -1
         if path is None:
@@ -368,51 +332,130 @@ class _Segment:
             flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
             self.fd = os.open(path, flags, 0o600)
 
-    def append(self, ids: bytes | memoryview, seen_ms: int, count: int) -> int:
-        """Store a block of ids (each followed by 0xFF); return where it starts."""
+    def append(self, data: bytes | memoryview) -> int:
+        """Store ``data``; return where it starts."""
         at = self.size
         if self.buf is not None:
-            self.buf += ids
+            self.buf += data
         else:
-            view = memoryview(ids)
+            view = memoryview(data)
             while view:
                 view = view[os.write(self.fd, view) :]
-        self.size += len(ids)
-        self.block_pos.append(at)
+        self.size += len(data)
+        return at
+
+    def read(self, at: int, size: int) -> bytes:
+        if self.buf is not None:
+            return bytes(self.buf[at : at + size])
+        return os.pread(self.fd, size, at)
+
+    def close(self) -> None:
+        self.buf = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+class _Segment:
+    """Ids first seen in one time slot of one partition, and where their full ids are.
+
+    Entry ``k`` (the k-th id stored, its *ordinal*) is a fingerprint in memory
+    and, in ``entries``, the position of its id in ``ids`` and the offset of
+    its record: only 12 B per id stay in memory (fingerprint and ordinal).
+    """
+
+    __slots__ = (
+        "block_ord",
+        "block_seen",
+        "count",
+        "entries",
+        "ids",
+        "max_seen",
+        "open",
+        "runs",
+        "seq",
+        "start",
+    )
+
+    def __init__(self, seq: int, start: int, path: Path | None) -> None:
+        self.seq, self.start = seq, start
+        self.max_seen = start
+        self.runs: list[_Run] = []
+        self.open: _Open | None = None
+        self.count = 0
+        self.block_ord = array("q")  # the first ordinal of each block of ids, ascending
+        self.block_seen = array("q")  # and when they were first seen
+        self.ids = _Store(path)
+        self.entries = _Store(None if path is None else path.with_suffix(".entries"))
+
+    @property
+    def size(self) -> int:
+        """Bytes of ids stored."""
+        return self.ids.size
+
+    def append(
+        self, ids: bytes | memoryview, starts: I64Array, offsets: I64Array, seen_ms: int
+    ) -> int:
+        """Store a block of ids (each followed by 0xFF; ``starts`` where each begins in
+        ``ids``) first seen at ``seen_ms``; return the ordinal of the first."""
+        at = self.ids.append(ids)
+        entries = np.empty(len(starts), _ENTRY)
+        entries["pos"] = starts + at
+        entries["offset"] = offsets
+        self.entries.append(entries.tobytes())
+        first = self.count
+        self.block_ord.append(first)
         self.block_seen.append(seen_ms)
         self.max_seen = max(self.max_seen, seen_ms)
-        self.count += count
-        return at
+        self.count += len(starts)
+        return first
+
+    def entry(self, ordinal: int) -> tuple[int, int]:
+        """(position of the id, offset of its record) of entry ``ordinal``."""
+        size = _ENTRY_STRUCT.size
+        pos, offset = _ENTRY_STRUCT.unpack(self.entries.read(size * ordinal, size))
+        return pos, offset
 
     def holds(self, pos: int, key: bytes) -> bool:
         """Whether the id stored at ``pos`` is ``key`` (an id followed by 0xFF)."""
-        if self.buf is not None:
-            return self.buf.startswith(key, pos)
-        return os.pread(self.fd, len(key), pos) == key
+        return self.ids.read(pos, len(key)) == key
 
-    def seen_at(self, pos: int) -> int:
-        return self.block_seen[bisect_right(self.block_pos, pos) - 1]
+    def seen_at(self, ordinal: int) -> int:
+        return self.block_seen[bisect_right(self.block_ord, ordinal) - 1]
+
+    def add_open(self, fps: U64Array, keys: list[int], first: int, clash: bool) -> None:
+        """Index entries ``first`` on in the open dict (``clash``: a key may be there)."""
+        o = self.open
+        if o is None:
+            o = self.open = _Open(first)
+        o.fps.frombytes(fps.astype(np.uint64).tobytes())
+        index = o.index
+        if not clash:
+            index.update(zip(keys, range(first, first + len(keys)), strict=True))
+            return
+        for j, k in enumerate(keys, first):
+            v = index.get(k)
+            if v is None:
+                index[k] = j
+            elif isinstance(v, list):
+                v.append(j)
+            else:
+                index[k] = [v, j]
 
     def seal(self) -> None:
         """Turn the open ids into a sorted run; merge runs ``_FANOUT`` at a time."""
         o, self.open = self.open, None
         if o is None or not o.fps:
             return
-        self.runs += _runs(
-            np.frombuffer(o.fps, np.uint64),
-            np.frombuffer(o.offsets, np.int64),
-            np.frombuffer(o.pos, np.int64),
-            0,
-        )
+        ords = np.arange(o.first, o.first + len(o.fps), dtype=np.uint32)
         runs = self.runs
+        runs.append(_Run(np.frombuffer(o.fps, np.uint64), ords, 0))
         while len(runs) >= _FANOUT and len({r.level for r in runs[-_FANOUT:]}) == 1:
             last = runs[-_FANOUT:]
             if last[0].level >= _NEVER:
-                break
-            base = min(r.base for r in last)
-            if max(r.top for r in last) - base >= _U32:
-                for r in last:
-                    r.level = _NEVER
                 break
             del runs[-_FANOUT:]
             runs.append(_merge(last, last[0].level + 1))
@@ -420,27 +463,22 @@ class _Segment:
     def compact(self) -> None:
         """Seal and merge all runs into one: the segment takes no more ids."""
         self.seal()
-        runs = self.runs
-        if len(runs) > 1 and max(r.top for r in runs) - min(r.base for r in runs) < _U32:
-            self.runs = [_merge(runs, _NEVER)]
+        if len(self.runs) > 1:
+            self.runs = [_merge(self.runs, _NEVER)]
 
     def index_bytes(self) -> int:
-        n = sum(r.fps.nbytes + r.rel.nbytes + r.pos.nbytes for r in self.runs)
-        n += 16 * len(self.block_pos)
+        n = sum(r.fps.nbytes + r.ords.nbytes for r in self.runs)
+        n += 16 * len(self.block_ord)
         o = self.open
         if o is not None:
-            n += 24 * len(o.fps) + sys.getsizeof(o.index)
+            n += 8 * len(o.fps) + sys.getsizeof(o.index)
             n += len(o.index) * (sys.getsizeof(_M64) + sys.getsizeof(_U32))  # key, ordinal
         return n
 
     def close(self) -> None:
-        self.runs, self.open, self.buf = [], None, None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+        self.runs, self.open = [], None
+        self.ids.close()
+        self.entries.close()
 
 
 class _Partition:
@@ -474,9 +512,10 @@ class Deduplicator:
     Ids go in time segments ``ttl_ms / segments`` long; :meth:`expire` drops a
     segment once its newest id is ``ttl_ms`` old. Whether a repeat is a
     duplicate is decided on its first sighting, to the millisecond. With
-    ``id_dir`` the full ids are in files ``dedup-p<partition>-s<n>.ids`` there
-    (the directory belongs to this deduplicator: such files left by an earlier
-    process are deleted); without, in memory. ``run_size`` new ids are kept in a
+    ``id_dir`` the full ids are in files ``dedup-p<partition>-s<n>.ids`` there,
+    their positions and record offsets in ``.entries`` files (the directory
+    belongs to this deduplicator: such files left by an earlier process are
+    deleted); without, in memory. ``run_size`` new ids are kept in a
     dict before they are sorted into a numpy run.
     """
 
@@ -496,7 +535,7 @@ class Deduplicator:
         self.id_dir = None if id_dir is None else Path(id_dir)
         if self.id_dir is not None:
             self.id_dir.mkdir(parents=True, exist_ok=True)
-            for stale in self.id_dir.glob("dedup-p*-s*.ids"):
+            for stale in self.id_dir.glob("dedup-p*-s*.*"):
                 stale.unlink()
         self._parts: dict[int, _Partition] = {}
         self._next_due = sys.maxsize  # no segment expires before this clock
@@ -568,8 +607,8 @@ class Deduplicator:
         keys = fps.tolist()
         keyset = set(keys)
         repeats = len(keyset) != len(keys)
-        # fingerprint hits: local index -> [(segment seq, position, offset, segment)]
-        hits: dict[int, list[tuple[int, int, int, _Segment]]] = {}
+        # fingerprint hits: local index -> [(segment seq, ordinal, segment)]
+        hits: dict[int, list[tuple[int, int, _Segment]]] = {}
         clash = False  # a new id may share a fingerprint in the open dict
         for seg in state.segments:
             o = seg.open
@@ -581,9 +620,7 @@ class Deduplicator:
                         if k in common:
                             v = o.index[k]
                             for j in v if isinstance(v, list) else (v,):
-                                hits.setdefault(i, []).append(
-                                    (seg.seq, o.pos[j], o.offsets[j], seg)
-                                )
+                                hits.setdefault(i, []).append((seg.seq, j, seg))
             for run in seg.runs:
                 rf = run.fps
                 where = np.searchsorted(rf, fps)
@@ -593,9 +630,7 @@ class Deduplicator:
                     for i in np.flatnonzero(found).tolist():
                         k, key = int(where[i]), keys[i]
                         while k < len(rf) and rf[k] == key:
-                            hits.setdefault(i, []).append(
-                                (seg.seq, int(run.pos[k]), run.base + int(run.rel[k]), seg)
-                            )
+                            hits.setdefault(i, []).append((seg.seq, int(run.ords[k]), seg))
                             k += 1
         special: set[int] = set(hits)
         if repeats:
@@ -611,9 +646,10 @@ class Deduplicator:
                 entries = hits.get(i)
                 if entries:
                     key = raw + _END
-                    for _, pos, stored_offset, seg in sorted(entries, reverse=True, key=_newest):
+                    for _, ordinal, seg in sorted(entries, reverse=True, key=_newest):
+                        pos, stored_offset = seg.entry(ordinal)
                         if seg.holds(pos, key):  # the newest sighting decides
-                            if now - seg.seen_at(pos) < ttl:
+                            if now - seg.seen_at(ordinal) < ttl:
                                 first = stored_offset
                             break
                 if first is None:
@@ -651,30 +687,11 @@ class Deduplicator:
     ) -> None:
         """Remember first sightings at ``now`` (``joined``: the ids, each followed by 0xFF)."""
         seg = self._segment(state, partition, now, len(joined))
-        start = seg.append(joined, now, len(keys))
         sizes = lengths + 1
-        pos = np.cumsum(sizes) - sizes + start
-        o = seg.open
-        if o is None:
-            o = seg.open = _Open()
-        first = len(o.fps)
-        o.fps.frombytes(fps.astype(np.uint64).tobytes())
-        o.offsets.frombytes(offs.astype(np.int64).tobytes())
-        o.pos.frombytes(pos.astype(np.int64).tobytes())
-        index = o.index
-        if not clash:
-            index.update(zip(keys, range(first, first + len(keys)), strict=True))
-        else:
-            for j, k in enumerate(keys, first):
-                v = index.get(k)
-                if v is None:
-                    index[k] = j
-                elif isinstance(v, list):
-                    v.append(j)
-                else:
-                    index[k] = [v, j]
+        first = seg.append(joined, np.cumsum(sizes) - sizes, offs, now)
+        seg.add_open(fps, keys, first, clash)
         state.pending.append((now, fps, offs, joined))
-        if len(o.fps) >= self.run_size:
+        if seg.open is not None and len(seg.open.fps) >= self.run_size:
             seg.seal()
 
     def _segment(self, state: _Partition, partition: int, seen_ms: int, nbytes: int) -> _Segment:
@@ -749,7 +766,7 @@ class Deduplicator:
         """
         self._drop(partition)
         state = self._parts[partition] = _Partition()
-        chunks: list[tuple[U64Array, I64Array, npt.NDArray[np.int64]]] = []
+        chunks: list[tuple[U64Array, U32Array]] = []
         seg: _Segment | None = None
         restored = 0
         for _, value in records:
@@ -766,17 +783,13 @@ class Deduplicator:
                     if seg is not None:
                         _finish(seg, chunks)
                     seg = target
-                at = seg.append(r.ids[lo:hi], seen, count) - lo
                 starts = np.empty(count, np.int64)
-                starts[0] = lo
-                starts[1:] = r.ends[last : first - 1] + 1
-                chunks.append(
-                    (
-                        r.fps[last:first].astype(np.uint64),
-                        r.rel[last:first].astype(np.int64) + r.base,
-                        starts + at,
-                    )
-                )
+                starts[0] = 0
+                starts[1:] = r.ends[last : first - 1] + 1 - lo
+                offsets = r.rel[last:first].astype(np.int64) + r.base
+                ordinal = seg.append(r.ids[lo:hi], starts, offsets, seen)
+                ords = np.arange(ordinal, ordinal + count, dtype=np.uint32)
+                chunks.append((r.fps[last:first].astype(np.uint64), ords))
                 restored += count
         if seg is not None:
             _finish(seg, chunks)
@@ -839,7 +852,7 @@ class Deduplicator:
             for seg in state.segments:
                 seg.close()
         if self.id_dir is not None:  # and any left behind
-            for stale in self.id_dir.glob(f"dedup-p{partition}-s*.ids"):
+            for stale in self.id_dir.glob(f"dedup-p{partition}-s*.*"):
                 stale.unlink(missing_ok=True)
 
     def close(self) -> None:
@@ -854,13 +867,13 @@ class Deduplicator:
         return sum(seg.index_bytes() for s in self._parts.values() for seg in s.segments)
 
 
-def _newest(entry: tuple[int, int, int, _Segment]) -> tuple[int, int]:
+def _newest(entry: tuple[int, int, _Segment]) -> tuple[int, int]:
     return entry[0], entry[1]
 
 
-def _finish(seg: _Segment, chunks: list[tuple[U64Array, I64Array, npt.NDArray[np.int64]]]) -> None:
+def _finish(seg: _Segment, chunks: list[tuple[U64Array, U32Array]]) -> None:
     """Sort the restored entries of a segment into one run."""
     if chunks:
-        fps, offsets, pos = (np.concatenate(parts) for parts in zip(*chunks, strict=True))
+        fps, ords = (np.concatenate(parts) for parts in zip(*chunks, strict=True))
         chunks.clear()
-        seg.runs += _runs(fps, offsets, pos, _NEVER)
+        seg.runs.append(_Run(fps, ords, _NEVER))

@@ -383,7 +383,7 @@ def test_restore_large_records_is_vectorised(make: Any) -> None:
     r = make(run_size=1000)
     assert r.restore(0, [(0, v) for v in values], now_ms=1) == 5000
     assert r.check(ids[::7], [0] * len(ids[::7]), [-1] * len(ids[::7]), 2) == [True] * len(ids[::7])
-    assert r.index_bytes() == 16 * 5000 + 16  # one sorted run, one block
+    assert r.index_bytes() == 12 * 5000 + 16  # one sorted run, one block
 
 
 def test_records_with_offsets_spanning_2_32(make: Any) -> None:
@@ -487,6 +487,7 @@ def test_id_files_are_created_read_on_hits_and_deleted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "dedup-p0-s7.ids").write_bytes(b"stale")  # left by an earlier process
+    (tmp_path / "dedup-p0-s7.entries").write_bytes(b"stale")
     (tmp_path / "unrelated.txt").write_text("kept")
     d = Deduplicator(TTL, tmp_path, segments=2)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["unrelated.txt"]
@@ -510,7 +511,12 @@ def test_id_files_are_created_read_on_hits_and_deleted(
     assert d.check(["new1", "new2"], [0, 0], [2, 3], now_ms=601) == [False, False]
     assert reads == []  # no fingerprint hit, no read
     assert d.is_duplicate("bb", partition=3, offset=5, now_ms=602) is True
-    assert reads == [3]  # one read of len("bb") + 1 bytes
+    assert reads == [12, 3]  # its entry (position, offset), then len("bb") + 1 bytes
+    assert sorted(f.name for f in tmp_path.glob("*.entries")) == [
+        "dedup-p0-s0.entries",
+        "dedup-p0-s1.entries",
+        "dedup-p3-s0.entries",
+    ]
     assert d.expire(now_ms=TTL) == 2  # the first segments of both partitions
     assert sorted(f.name for f in tmp_path.glob("*.ids")) == ["dedup-p0-s1.ids"]
     d.forget_partitions([0])
@@ -526,7 +532,10 @@ def test_restore_rewrites_the_id_files(tmp_path: Path) -> None:
     r = Deduplicator(TTL, tmp_path / "b")
     r.check(["z"], [4], [9], now_ms=0)
     assert r.restore(4, [(0, value)], now_ms=1) == 2
-    assert [f.read_bytes() for f in (tmp_path / "b").iterdir()] == [b"x\xffy\xff"]
+    assert (tmp_path / "b" / "dedup-p4-s0.ids").read_bytes() == b"x\xffy\xff"
+    entries = (tmp_path / "b" / "dedup-p4-s0.entries").read_bytes()
+    assert entries == struct.pack("<IqIq", 0, 0, 2, 1)  # (position, offset) of each
+    assert len(list((tmp_path / "b").iterdir())) == 2
     r.close()
     assert list((tmp_path / "b").iterdir()) == []
 
@@ -546,14 +555,14 @@ def test_forget_partitions_frees_the_index(make: Any) -> None:
     assert d.is_duplicate("1-1", partition=1, offset=9, now_ms=1) is True
 
 
-def test_index_is_16_bytes_per_sealed_id() -> None:
+def test_index_is_12_bytes_per_sealed_id() -> None:
     d = Deduplicator(TTL, run_size=4)
     for t in range(4):
         d.check([f"{t}-{i}" for i in range(4)], [0] * 4, list(range(4 * t, 4 * t + 4)), now_ms=t)
     # four level-0 runs merged into one; one block table entry (16 B) per check() call
     seg = d._parts[0].segments[0]
     assert [r.level for r in seg.runs] == [1] and seg.open is None
-    assert d.index_bytes() == 16 * 16 + 4 * 16
+    assert d.index_bytes() == 12 * 16 + 4 * 16
     assert d.check(["0-0", "3-3"], [0, 0], [0, 99], now_ms=5) == [False, True]
 
 
