@@ -18,7 +18,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from stream.app import create_app
     from stream.kafka.lognoise import quiet_repeats
+    from stream.memory import bound_allocator_retention
 
+    bound_allocator_retention()  # RSS follows the state, not the allocator's free pages
     found = settings()
     app = create_app(found)  # reads the rules: a bad file stops here, before Kafka is needed
     asyncio.run(ensure_topics_with_retry(found))
