@@ -75,7 +75,14 @@ class IngestAgent:
         rt = self.rt
         stage = rt.stage
         out = stage.process(records, now_ms)
-        dedup = stage.ingestor.dedup
+        with stage.clock.stage("state"):
+            sends = self.state_sends(out, now_ms)
+        return IngestOutput(sends, out)
+
+    def state_sends(self, out: StageOutput, now_ms: int) -> list[Send]:
+        """A processed batch's outputs and state records, in the order they are written."""
+        rt = self.rt
+        dedup = rt.stage.ingestor.dedup
         if dedup.expire(now_ms):
             release_free_memory()  # a whole segment was freed
         now = time.monotonic()
@@ -100,7 +107,7 @@ class IngestAgent:
             )
         )
         sends += self.publish(set(out.touched))
-        return IngestOutput(sends, out)
+        return sends
 
     def publish(self, partitions: Iterable[int], idle: bool = False) -> list[Send]:
         """Close what the watermarks allow: partials, then snapshots of the window state."""
@@ -163,6 +170,11 @@ class IngestAgent:
         metrics, result = self.rt.metrics, out.stage
         if result is None:
             return
+        with metrics.clock.stage("metrics"):
+            self.count_stage(result, now_ms)
+
+    def count_stage(self, result: StageOutput, now_ms: int) -> None:
+        metrics = self.rt.metrics
         metrics.count_invalid(result.result.invalid)
         if result.late:
             metrics.count_invalid({"late": len(result.late)})

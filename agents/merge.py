@@ -69,6 +69,10 @@ class MergeAgent:
 
     def handle(self, partials: list[Partial], now_ms: int) -> MergeResult:
         """Merge a batch of partials (``(offset, value)``); the writes to make, in order."""
+        with self.rt.metrics.clock.stage("merge"):
+            return self.merged(partials, now_ms)
+
+    def merged(self, partials: list[Partial], now_ms: int) -> MergeResult:
         stage = self.rt.merge
         decoded = []
         for offset, value in partials:

@@ -192,7 +192,7 @@ class Runtime:
             if self.rocks_budget is not None and self.id_dir is not None:
                 ttl = self.pipeline.config.dedup_ttl_ms
                 dedup = RocksDeduplicator(ttl, f"{self.id_dir}/rocks", self.rocks_budget)
-            self._stage = self.pipeline.partition_stage(self.id_dir, dedup)
+            self._stage = self.pipeline.partition_stage(self.id_dir, dedup, self.metrics.clock)
         return self._stage
 
     @property

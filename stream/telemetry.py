@@ -26,6 +26,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from stream.core.campaigns import SETTINGS_REASONS
+from stream.core.stageclock import StageClock
 
 disable_created_metrics()  # no *_created series: they double the scrape for no dashboard use
 
@@ -129,6 +130,8 @@ class PulseMetrics:
         )
         for reason in SETTINGS_REASONS:  # every bounded reason exported from the start, at 0
             self.settings_rejected.labels(reason)
+        self.clock = StageClock()  # the pipeline's stages add their CPU time to it
+        r.register(StageCpu(self.clock))
         self._children: dict[tuple[str, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -255,6 +258,31 @@ class CampaignTotals:
             for family, value in zip(families, row, strict=True):
                 family.add_metric(key, value)
         yield from families
+
+
+class StageCpu:
+    """``pulse_stage_cpu_seconds_total{stage}``: a :class:`StageClock`'s totals at scrape time.
+
+    >>> r = CollectorRegistry()
+    >>> clock = StageClock()
+    >>> _ = r.register(StageCpu(clock))
+    >>> clock.ns["dedup"] += 2_500_000_000
+    >>> r.get_sample_value("pulse_stage_cpu_seconds_total", {"stage": "dedup"})
+    2.5
+    """
+
+    def __init__(self, clock: StageClock) -> None:
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "pulse_stage_cpu_seconds",
+            "CPU time spent in each pipeline stage (per chunk of records)",
+            labels=["stage"],
+        )
+        for stage, seconds in self.clock.seconds().items():
+            family.add_metric([stage], seconds)
+        yield family
 
 
 class BatchHistogram:

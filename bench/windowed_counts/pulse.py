@@ -12,7 +12,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import ROOT, LagProbe, TopicReader, cpu_s, log
 from bench.windowed_counts.check import compare, exit_check, log_tail, wait_results
@@ -106,6 +108,27 @@ def _short_frame(frame: str) -> str:
     return f"{name} ({'/'.join(parts[-2:])})"
 
 
+def stage_cpu(port: int) -> dict[str, float]:
+    """The worker's ``pulse_stage_cpu_seconds_total`` per stage, in seconds."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {
+        s.labels["stage"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "pulse_stage_cpu_seconds_total"
+    }
+
+
+def stage_table(
+    before: dict[str, float], after: dict[str, float], cpu_s: float, n: int
+) -> dict[str, float]:
+    """µs of CPU per event by stage over a drain; ``rest`` = the worker's CPU outside
+    every stage (Kafka fetching and delivery, transactions, the event loop)."""
+    table = {k: 1e6 * (after.get(k, 0.0) - v) / n for k, v in before.items()}
+    table["rest"] = 1e6 * cpu_s / n - sum(table.values())
+    return {k: round(v, 2) for k, v in table.items()}
+
+
 async def pulse_drain(
     settings: Settings,
     proc: subprocess.Popen[bytes],
@@ -118,6 +141,7 @@ async def pulse_drain(
     topic = settings.topic("events")
     profiler = start_profiler(proc.pid, profile) if profile is not None else None
     c_ready = cpu_s(proc.pid)
+    stages_ready = await asyncio.to_thread(stage_cpu, settings.web_port)
     async with LagProbe(settings.kafka_bootstrap) as probe:
         while True:
             if (why := exit_check(proc, tmp, "pulse")()) is not None:
@@ -130,6 +154,9 @@ async def pulse_drain(
                 raise TimeoutError(f"pulse group lag still {lag} after 1800 s")
             await asyncio.sleep(0.25)
     drain_s = t_done - t_ready
+    stages = stage_table(
+        stages_ready, await asyncio.to_thread(stage_cpu, settings.web_port), c_done - c_ready, n
+    )
     profile_lines: list[str] = []
     if profiler is not None and profile is not None:
         profiler.send_signal(signal.SIGINT)
@@ -155,6 +182,7 @@ async def pulse_drain(
         "seconds": round(drain_s, 3),
         "rate": n / drain_s,
         "cpu_us_per_event": 1e6 * (c_done - c_ready) / n,
+        "stages_us_per_event": stages,
         "results_complete_after_drain_s": round(t_complete - t_done, 3),
         "check": compare(work.truth, got, dups),
         "profile": profile_lines,

@@ -80,6 +80,11 @@ def summary(res: Results) -> list[str]:
         elif part in res.failed:
             lines_extra.append(f"BENCH-QUIX {part}: FAILED({res.failed[part]})")
     pulse = res.parts.get("pulse")
+    if pulse and pulse.get("stages_us_per_event"):
+        lines_extra.append(
+            "BENCH-STAGES pulse µs of CPU per event: "
+            + " ".join(f"{k}={v:.1f}" for k, v in pulse["stages_us_per_event"].items())
+        )
     if pulse:
         lines_extra.append(
             f"BENCH-PULSE drain={pulse['seconds']:.1f} s, last windows (idle close) complete "

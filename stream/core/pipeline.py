@@ -28,6 +28,7 @@ from stream.core.merge import EmittedOutputs, WindowMerger
 from stream.core.propensity import PropensityModel, model_factory
 from stream.core.rules import Rules
 from stream.core.sealing import StateKey
+from stream.core.stageclock import StageClock
 from stream.core.triggers import TriggerEngine, load_rules, trigger_id
 from stream.core.windows import PartitionWindows, Row, RowKey
 
@@ -56,6 +57,7 @@ class PartitionStage:
         new_model: Callable[[], PropensityModel] | None = None,
     ) -> None:
         self.ingestor = ingestor
+        self.clock = ingestor.clock
         self.new_windows = new_windows
         self.new_model = new_model
         self.windows: dict[int, PartitionWindows] = {}
@@ -76,28 +78,36 @@ class PartitionStage:
         return pw
 
     def process(self, records: Iterable[RawRecord], now_ms: int | None) -> StageOutput:
-        """Ingest a batch and count valid events into their windows (late ones to the DLQ)."""
+        """Ingest a batch and count valid events into their windows (late ones to the DLQ);
+        then score and learn from the counted events in order, per partition."""
         result = self.ingestor.process(records, now_ms)
         out = StageOutput(result)
         touched = out.touched
-        for event, (p, offset, key, raw) in zip(result.valid, result.sources, strict=True):
-            pw = touched.get(p) or touched.setdefault(p, self.window_state(p))
-            if offset <= pw.last_offset:
-                continue  # applied before a crash: replays are idempotent
-            pw.last_offset = offset
-            status = pw.add(event)
-            if status == "late":
-                out.late.append((key, late_record(event, raw, pw.closed_until)))
-                continue
-            if isinstance(status, tuple):
-                out.counted.append((status, event))
-            model = self.model_state(p)
-            if model is not None:
-                scored = model.on_event(event)
+        scored: list[tuple[int, dict[str, Any]]] = []
+        with self.clock.stage("windows"):
+            for event, (p, offset, key, raw) in zip(result.valid, result.sources, strict=True):
+                pw = touched.get(p) or touched.setdefault(p, self.window_state(p))
+                if offset <= pw.last_offset:
+                    continue  # applied before a crash: replays are idempotent
+                pw.last_offset = offset
+                status = pw.add(event)
+                if status == "late":
+                    out.late.append((key, late_record(event, raw, pw.closed_until)))
+                    continue
+                if isinstance(status, tuple):
+                    out.counted.append((status, event))
+                scored.append((p, event))
+        if self.new_model is None or not scored:
+            return out
+        with self.clock.stage("model"):
+            for p, event in scored:
+                model = self.models.get(p) or self.model_state(p)
+                assert model is not None
+                on = model.on_event(event)
                 user = event.get("user_id") or event.get("anonymous_id") or ""
                 out.segments.append((model.user_segment(user, event["ts"]), event["type"]))
-                out.offers.extend(scored.offers)
-                out.held.extend(scored.held)
+                out.offers.extend(on.offers)
+                out.held.extend(on.held)
         return out
 
     def erase_user(self, user: str) -> dict[str, list[int]]:
@@ -336,16 +346,21 @@ class Pipeline:
         return PartitionWindows.from_state(state, c.window_ms, c.grace_ms, c.attribution_ms)
 
     def partition_stage(
-        self, id_dir: str | Path | None = None, dedup: DedupIndex | None = None
+        self,
+        id_dir: str | Path | None = None,
+        dedup: DedupIndex | None = None,
+        clock: StageClock | None = None,
     ) -> PartitionStage:
         """Validate, dedup, window and score, per source partition.
 
         The dedup index is in memory; the full event ids it verifies fingerprint hits
         against are kept in files under ``id_dir`` (a worker's data dir), else in memory.
         ``dedup`` replaces it (``RocksDeduplicator`` with ``PULSE_STORE=rocksdb``).
+        ``clock`` takes the CPU time of its stages (a new one if not given).
         """
         c = self.config
-        ingestor = Ingestor(dedup or Deduplicator(c.dedup_ttl_ms, id_dir), salt=c.salt)
+        index = dedup or Deduplicator(c.dedup_ttl_ms, id_dir)
+        ingestor = Ingestor(index, salt=c.salt, clock=clock)
         models = model_factory(
             c.rules.user_offer, c.attribution_ms, c.window_ms, model_type=self.model_type
         )

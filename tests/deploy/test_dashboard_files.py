@@ -25,9 +25,10 @@ DASHBOARDS = {
 }
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 #: Exported beyond the contract (stream.telemetry.CONTRACT_METRICS): collector, Faust sensors,
-#: rejected campaign settings.
+#: rejected campaign settings, CPU per pipeline stage.
 EXTRA_METRICS = {
     "pulse_http_requests_total",
+    "pulse_stage_cpu_seconds_total",
     "pulse_consumer_lag",
     "pulse_commit_latency_seconds",
     "pulse_campaign_settings_rejected_total",
