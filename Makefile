@@ -63,7 +63,7 @@ clean:
 # Pulse vs a raw aiokafka consumer vs Quix Streams on one local broker (not part of the tests);
 # QUICK=1: 200k events, a few minutes. Results also go to bench/results/ (git-ignored).
 bench: $(STAMP)
-	$(BIN)/python -m bench.windowed_counts $(if $(QUICK),--quick,)
+	$(BIN)/python -m bench.windowed_counts $(if $(QUICK),--quick,) $(if $(PROFILE),--profile,)
 
 # Trigger, propensity and bandit quality against the simulator's ground truth, no Kafka
 # (bench/quality.py; a few minutes, QUICK=1: about two). Ends with one QUALITY line.

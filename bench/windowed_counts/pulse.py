@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -61,11 +62,12 @@ async def pulse_start(env: dict[str, str], tmp: Path) -> tuple[subprocess.Popen[
 
 
 def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
-    """py-spy sampling the worker (``--profile``), when py-spy is installed."""
+    """py-spy sampling the worker (``--profile``; the dev extras install it)."""
+    here = Path(sys.executable).parent / "py-spy"  # the venv's, also when not activated
     found = shutil.which("py-spy")
-    exe = Path(found) if found else QUIX_VENV / "bin" / "py-spy"
+    exe = here if here.exists() else Path(found) if found else QUIX_VENV / "bin" / "py-spy"
     if not exe.exists():
-        log("--profile: py-spy not found (pip install py-spy); profiling skipped")
+        log("--profile: py-spy not found (make venv installs it); profiling skipped")
         return None
     cmd = [str(exe), "record", "--pid", str(pid), "--rate", "100", "--nonblocking"]
     cmd += ["--format", "raw", "--output", str(out)]
