@@ -4,8 +4,9 @@
     .venv/bin/python -m bench.soak --store rocksdb
 
 TTLs are compressed (``--dedup-ttl 5m --attribution 5m`` by default), and so is
-the window (``--window 5s``: the live page's view keeps the last 120 windows per
-campaign, 2 h of the default 60 s ones), so the state reaches its plateau
+the window (``--window 4s``: the live page's view keeps the last 120 window
+lengths of every campaign, variant and channel series, 2 h of the default 60 s
+windows, 8 min of 4 s ones), so the state reaches its plateau
 within the run: RSS over the second half must be
 flat within 2 % per hour of its level (``PLATEAU PASS``), and the plateau is
 extrapolated to a 24 h dedup TTL at 1,000 and 10,000 ev/s (all growth over the
@@ -64,8 +65,8 @@ def main() -> None:
     ap.add_argument("--attribution", default="5m", help="PULSE_ATTRIBUTION_WINDOW")
     ap.add_argument(
         "--window",
-        default="5s",
-        help="PULSE_WINDOW: the live page keeps 120 windows per campaign, 10 min of 5 s ones",
+        default="4s",
+        help="PULSE_WINDOW: the live page keeps 120 window lengths per series, 8 min of 4 s",
     )
     ap.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
     ap.add_argument("--campaigns", type=int, default=20)

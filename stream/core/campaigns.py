@@ -164,7 +164,20 @@ class CampaignSettingsStore:
 
 
 class CampaignView:
-    """Recent closed windows per campaign (all variants and channels summed) and per variant."""
+    """Recent closed windows per campaign (all variants and channels summed) and per variant.
+
+    Each series keeps the windows of its last ``keep`` window lengths of event
+    time (2 h of 60 s windows), counted from its newest window: a sparse variant
+    or channel covers the same span as its campaign, and the view stops growing
+    once that span has passed.
+
+    >>> view = CampaignView(keep=2)
+    >>> for ws in (0, 10, 20, 30):
+    ...     view.apply({"campaign_id": "c", "channel": "web", "window_start": ws,
+    ...                 "window_end": ws + 10, "views": 1})
+    >>> sorted(view.windows["c"])
+    [20, 30]
+    """
 
     def __init__(self, keep: int = 120, baseline_windows: int = 30) -> None:
         self.keep = keep
@@ -185,8 +198,10 @@ class CampaignView:
             if acc is None:
                 acc = bucket[ws] = _empty(ws, we)
             _add(acc, rec)
-            if len(bucket) > self.keep:
-                del bucket[min(bucket)]
+            horizon = max(bucket) - self.keep * (we - ws)
+            if min(bucket) <= horizon:
+                for old in [w for w in bucket if w <= horizon]:
+                    del bucket[old]
 
     def add_trigger(self, trigger: Mapping[str, Any], keep: int = 20) -> None:
         cid = (trigger.get("target") or {}).get("campaign_id")
