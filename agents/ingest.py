@@ -41,7 +41,6 @@ from stream.kafka.faust_internals import (
     ack_all,
     message_batches,
     partition_progress,
-    raw_records,
     recovery_pending,
 )
 from stream.kafka.reading import TopicMissing, read_records
@@ -460,10 +459,13 @@ class IngestAgent:
                             len(messages),
                         )
                         continue
-                    records: list[RawRecord] = raw_records(messages)
                     processed = rt.processed_offsets
-                    for r in records:  # every record, also duplicates and invalid ones
-                        processed[r[2]] = r[3]
+                    for m in messages:  # every record, also duplicates and invalid ones
+                        processed[m.partition] = m.offset
+                    records: list[RawRecord] = [
+                        (m.key, m.value, m.partition, m.offset, int(m.timestamp * 1000))
+                        for m in messages
+                    ]
                     now_ms = int(time.time() * 1000)
                     if rt.transactions is not None:
                         await self.commit_by_partition(records, now_ms)

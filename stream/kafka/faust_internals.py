@@ -48,7 +48,7 @@ from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
-from aiokafka.structs import ConsumerRecord, TopicPartition
+from aiokafka.structs import TopicPartition
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
@@ -88,25 +88,16 @@ class RawQueue(ThrowableQueue):
 
 
 class MessageTopic(faust.Topic):
-    """A topic whose queue holds raw consumer messages (bytes key and value).
-
-    Without acks (offsets committed in transactions) the queue holds *chunks*:
-    :class:`BatchConsumer` puts each fetched partition's list of aiokafka
-    records in it whole, and its size is counted in fetches, not in records.
-    """
+    """A topic whose queue holds raw consumer messages (bytes key and value)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.decode = self._keep_message  # type: ignore[method-assign]  # Faust compiles decode per instance
-        self.chunked = not self.acks
 
     @property
     def queue(self) -> RawQueue:
         if self._queue is None:
-            conf = self.app.conf
-            maxsize = self.maxsize or conf.stream_buffer_maxsize
-            if self.chunked:  # fetches of up to broker_max_poll_records each
-                maxsize = max(2, maxsize // max(1, conf.broker_max_poll_records or 1))
+            maxsize = self.maxsize or self.app.conf.stream_buffer_maxsize
             self._queue = RawQueue(
                 maxsize=maxsize, flow_control=self.app.flow_control, clear_on_resume=True
             )
@@ -141,45 +132,17 @@ def message_topic(app: faust.App, name: str, partitions: int, acks: bool = True)
 
 
 async def message_batches(topic: MessageTopic, max_n: int) -> AsyncIterator[list[Any]]:
-    """Yield lists of messages as soon as at least one is there.
-
-    Up to ``max_n`` Faust messages; for a chunked topic, whole fetched chunks of
-    aiokafka records until ``max_n`` is reached (the last chunk may pass it).
-    """
+    """Yield lists of up to ``max_n`` messages as soon as at least one is there."""
     queue = topic.queue
     get_nowait = queue.get_nowait
     while True:
-        item = await queue.get()
-        if topic.chunked:
-            batch = list(item)
-            try:
-                while len(batch) < max_n:
-                    batch += get_nowait()
-            except asyncio.QueueEmpty:
-                pass
-            yield batch
-            continue
-        batch = [item]
+        batch = [await queue.get()]
         try:
             while len(batch) < max_n:
                 batch.append(get_nowait())
         except asyncio.QueueEmpty:
             pass
         yield batch
-
-
-def raw_records(messages: list[Any]) -> list[tuple[Any, Any, int, int, int]]:
-    """``(key, value, partition, offset, timestamp_ms)`` of a batch of :func:`message_batches`.
-
-    aiokafka records (a chunked topic) carry milliseconds, Faust messages seconds.
-
-    >>> from aiokafka.structs import ConsumerRecord
-    >>> raw_records([ConsumerRecord("t", 2, 7, 1_500, 0, b"k", b"v", None, 1, 1, [])])
-    [(b'k', b'v', 2, 7, 1500)]
-    """
-    if messages and isinstance(messages[0], ConsumerRecord):
-        return [(r.key, r.value, r.partition, r.offset, r.timestamp) for r in messages]
-    return [(m.key, m.value, m.partition, m.offset, int(m.timestamp * 1000)) for m in messages]
 
 
 def ack_all(app: faust.App, messages: Iterable[Any]) -> None:
@@ -211,62 +174,6 @@ class BatchConsumer(AIOKafkaConsumer):
         if self.read_committed:
             return _ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
         return super()._new_consumer_thread()
-
-    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
-        """Faust's fetch; the records of chunked topics are delivered here, per partition.
-
-        What is left (other topics) goes on to Faust's per-record delivery.
-        """
-        records, active = await super()._wait_next_records(timeout)
-        if not records:
-            return records, active
-        channels_of = self.app.topics._tp_index.get  # type: ignore[attr-defined]
-        rest, chunks = {}, []
-        for tp, recs in records.items():
-            topic = _chunked_topic(channels_of(tp, ()))
-            if topic is None:
-                rest[tp] = recs
-            else:
-                chunks.append((tp, topic, recs))
-        if chunks:
-            await self._deliver_chunks(chunks, active)
-        return rest, active
-
-    async def _deliver_chunks(
-        self, chunks: list[tuple[TP, MessageTopic, list[Any]]], active: Any
-    ) -> None:  # pragma: no cover - needs a broker
-        """Each partition's fetched records into its topic's queue as one item.
-
-        Nothing is delivered when the flow stops or the generation changes (a
-        rebalance: the partitions are read again from their committed offsets),
-        and a partition no longer active is skipped, as in Faust's ``getmany``.
-        """
-        generation = self.app.consumer_generation_id
-        read_offset = self._read_offset
-        for tp, topic, recs in chunks:
-            if (
-                self.should_stop
-                or not self.flow_active
-                or self.suspend_flow.is_set()
-                or self.app.consumer_generation_id != generation
-            ):
-                return
-            if active is not None and tp not in active and tp not in self._buffered_partitions:
-                continue
-            r_offset = read_offset[tp]
-            if r_offset is not None and recs[0].offset < r_offset:
-                recs = [r for r in recs if r.offset >= r_offset]  # delivered before a seek
-                if not recs:
-                    continue
-            queue = topic.queue
-            if queue.full():
-                put = queue.put(recs)
-                res = await self.wait_first(put, self.suspend_flow.wait())
-                if put not in res.done or self.suspend_flow.is_set():
-                    return
-            else:
-                queue.put_nowait(recs)
-            read_offset[tp] = recs[-1].offset
 
     async def seek_to_committed(self) -> Mapping[TP, int]:  # pragma: no cover - needs a broker
         """Back to the committed offsets, also where none is (:func:`rewind_to_committed`)."""
@@ -350,14 +257,6 @@ class _ReadCommittedThread(AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._isolation_level = "read_committed"  # read by start(), when the fetcher is made
         return consumer
-
-
-def _chunked_topic(channels: Iterable[Any]) -> MessageTopic | None:
-    """The only channel when it is a chunked :class:`MessageTopic`, else None."""
-    channels = tuple(channels)
-    if len(channels) == 1 and isinstance(channels[0], MessageTopic) and channels[0].chunked:
-        return channels[0]
-    return None
 
 
 def _raw_queue(channels: Iterable[Any]) -> Any:

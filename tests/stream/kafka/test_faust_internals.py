@@ -16,16 +16,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.consumer.fetcher import OffsetResetStrategy
 from faust.types import TP
 from mode.utils.queues import FlowControlEvent
 
 from stream.kafka.faust_internals import (
     RawQueue,
-    message_batches,
     message_topic,
-    raw_records,
     recover_latest_only,
     recovery_pending,
     rewind_to_committed,
@@ -177,30 +175,3 @@ async def test_single_key_changelogs_are_restored_from_their_last_record_alone()
     await Recovery._build_offsets(recovery, Earliest(), {windows, fresh, clicks}, offsets, "active")
     # Faust seeks to the offset after the one given: the last record, the first one, the first one
     assert offsets == {windows: 2_599, fresh: -1, clicks: -1}
-
-
-def _record(partition: int, offset: int) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(
-        "events", partition, offset, 1_000 + offset, 0, b"k", b"v", None, 1, 1, []
-    )
-
-
-async def test_a_topic_without_acks_queues_whole_fetches_and_batches_them_in_order() -> None:
-    app = faust.App("chunk-test", broker="kafka://localhost:1", web_enabled=False)
-    app.conf.stream_buffer_maxsize = 4000
-    app.conf.broker_max_poll_records = 1000
-    chunked = message_topic(app, "events", 2, acks=False)
-    assert chunked.chunked and not message_topic(app, "other", 1).chunked
-    assert chunked.queue.maxsize == 4, "counted in fetches of up to 1,000 records"
-    app.flow_control.resume()
-    chunked.queue.put_nowait([_record(0, 5), _record(0, 6)])
-    chunked.queue.put_nowait([_record(1, 0)])
-    chunked.queue.put_nowait([_record(0, 7)])
-    batches = message_batches(chunked, 3)
-    first = await anext(batches)
-    assert raw_records(first) == [
-        (b"k", b"v", 0, 5, 1_005),
-        (b"k", b"v", 0, 6, 1_006),
-        (b"k", b"v", 1, 0, 1_000),
-    ]
-    assert raw_records(await anext(batches)) == [(b"k", b"v", 0, 7, 1_007)]
