@@ -6,7 +6,12 @@ from typing import Any
 
 import pytest
 
-from stream.core.campaigns import SETTINGS_REASONS, CampaignSettingsStore, check_settings
+from stream.core.campaigns import (
+    SETTINGS_REASONS,
+    CampaignSettingsStore,
+    CampaignView,
+    check_settings,
+)
 from stream.core.triggers import load_rules
 
 GOOD = {"campaign_id": "c1", "cost_model": "cpc", "cost": 0.5, "budget": 100, "variants": ["A"]}
@@ -61,3 +66,16 @@ def test_check_settings_returns_a_copy() -> None:
     value = dict(GOOD)
     checked = check_settings("c1", value, load_rules())
     assert checked == value and checked is not value
+
+
+def test_the_view_keeps_the_same_span_of_event_time_for_every_series() -> None:
+    view = CampaignView(keep=3)
+    for ws in range(0, 100, 10):  # a dense channel, and a sparse one every 40
+        channels = ["web", "email"] if ws % 40 == 0 else ["web"]
+        for channel in channels:
+            view.apply(
+                {"campaign_id": "c", "channel": channel, "window_start": ws, "window_end": ws + 10}
+            )
+    assert sorted(view.windows["c"]) == [70, 80, 90]
+    assert sorted(view.channels["c"]["web"]) == [70, 80, 90]
+    assert sorted(view.channels["c"]["email"]) == [80], "a sparse series keeps no older windows"
