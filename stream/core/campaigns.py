@@ -195,13 +195,13 @@ class CampaignView:
             self.channels.setdefault(cid, {}).setdefault(rec["channel"], {}),
         ):
             acc = bucket.get(ws)
-            if acc is None:
+            if acc is None:  # a new window: the only time the span can move
                 acc = bucket[ws] = _empty(ws, we)
+                horizon = max(bucket) - self.keep * (we - ws)
+                if min(bucket) <= horizon:
+                    for old in [w for w in bucket if w <= horizon]:
+                        del bucket[old]
             _add(acc, rec)
-            horizon = max(bucket) - self.keep * (we - ws)
-            if min(bucket) <= horizon:
-                for old in [w for w in bucket if w <= horizon]:
-                    del bucket[old]
 
     def add_trigger(self, trigger: Mapping[str, Any], keep: int = 20) -> None:
         cid = (trigger.get("target") or {}).get("campaign_id")
