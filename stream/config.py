@@ -68,6 +68,8 @@ DEFAULTS: dict[str, str] = {
     "PULSE_WEB_PORT": "6066",
     "PULSE_WRITE_KEYS": "",
     "PULSE_RATE_LIMIT": "20000",
+    "PULSE_CORS_ORIGINS": "*",
+    "PULSE_COLLECTOR_ACK_TIMEOUT": "5s",
     "PULSE_WINDOW": "60s",
     "PULSE_GRACE": "30s",
     "PULSE_ATTRIBUTION_WINDOW": "24h",
@@ -125,6 +127,11 @@ class Settings:
     state_key: str = field(default="", repr=False)  # PULSE_STATE_KEY: seals state records
     #: PULSE_TRANSACTIONS: a batch's writes and offsets in one Kafka transaction
     transactions: bool = True
+    #: PULSE_CORS_ORIGINS: origins whose pages may call the collector (``*``: any)
+    cors_origins: tuple[str, ...] = ("*",)
+    #: PULSE_COLLECTOR_ACK_TIMEOUT: the collector answers 503 when Kafka has not
+    #: acknowledged a request's events within this many seconds
+    collector_ack_timeout_s: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -203,6 +210,8 @@ class Settings:
             store_memory=size("PULSE_STORE_MEMORY"),
             state_key=v["PULSE_STATE_KEY"],
             transactions=boolean("PULSE_TRANSACTIONS"),
+            cors_origins=tuple(o.strip() for o in v["PULSE_CORS_ORIGINS"].split(",") if o.strip()),
+            collector_ack_timeout_s=duration("PULSE_COLLECTOR_ACK_TIMEOUT"),
         )
 
     def group_instance_id(self) -> str:

@@ -3,6 +3,8 @@
 >>> keys = WriteKeys(["k1"])
 >>> keys.check("Bearer k1"), keys.check("Bearer nope"), keys.check(None)
 (True, False, False)
+>>> keys.match_key(presented_key("Basic azE6", None)), presented_key(None, "k1")
+('k1', 'k1')
 >>> body = classify_body(b'[{"type":"view"}]', received_ms=0)
 >>> body.status, len(body.accepted), body.errors[0]["reason"]
 (202, 0, 'schema')
@@ -10,6 +12,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import time
@@ -26,11 +30,54 @@ MAX_BODY_BYTES = 512 * 1024
 MAX_ITEMS = 500
 
 
+def presented_key(authorization: str | None, query_key: str | None) -> str | None:
+    """The write key a request presents outside its body, or None.
+
+    ``Authorization: Bearer <key>``, HTTP Basic with the key as user name and an
+    empty password (Segment's convention), or ``?key=`` (what ``sendBeacon``, which
+    cannot set headers, can send). The scheme is case-insensitive (RFC 7235).
+
+    >>> presented_key("bearer  k1 ", None), presented_key("Basic " + "azE6", None)
+    ('k1', 'k1')
+    >>> presented_key(None, "k1"), presented_key("Token k1", None), presented_key(None, None)
+    ('k1', '', None)
+    """
+    if authorization is not None:
+        if len(authorization) > 4096:
+            return ""
+        scheme, _, token = authorization.partition(" ")
+        scheme = scheme.lower()
+        if scheme == "bearer":
+            return token.strip()
+        if scheme == "basic":
+            try:
+                raw = base64.b64decode(token.strip().encode("ascii"), validate=True)
+                return raw.decode("utf-8").partition(":")[0]
+            except (ValueError, binascii.Error):  # UnicodeError is a ValueError
+                return ""
+        return ""  # an unknown scheme presents no valid key
+    return query_key
+
+
+def body_key(parsed: Any) -> str | None:
+    """Take the ``writeKey`` field out of a parsed JSON object body (analytics.js sends
+    its key there); None when there is none.
+
+    >>> body = {"writeKey": "k1", "event_id": "e1"}
+    >>> body_key(body), body, body_key([{"writeKey": "k1"}])
+    ('k1', {'event_id': 'e1'}, None)
+    """
+    if isinstance(parsed, dict):
+        value = parsed.pop("writeKey", None)
+        return value if isinstance(value, str) else None
+    return None
+
+
 class WriteKeys:
-    """Constant-time bearer-key check against every configured key.
+    """Constant-time write-key check against every configured key.
 
     Keys are compared as SHA-256 digests, so neither the key's length nor which
-    key matched shows in the time taken; the scheme is case-insensitive (RFC 7235).
+    key matched shows in the time taken.
 
     >>> WriteKeys(["k1"]).match("bearer  k1 "), WriteKeys(["k1"]).match("Basic k1")
     ('k1', None)
@@ -39,20 +86,21 @@ class WriteKeys:
     def __init__(self, keys: list[str] | tuple[str, ...]) -> None:
         self._keys = [(hashlib.sha256(k.encode()).digest(), k) for k in keys]
 
-    def match(self, header: str | None) -> str | None:
-        """Return the matching key, or None."""
-        if not header or len(header) > 4096:
-            return None
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer":
+    def match_key(self, token: str | None) -> str | None:
+        """Return the configured key equal to ``token``, or None."""
+        if not token or len(token) > 4096:
             return None
         # aiohttp keeps undecodable header bytes as surrogates: encode them back, never raise
-        given = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
+        given = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
         found = None
         for digest, key in self._keys:  # no early exit: time does not depend on the match
             if hmac.compare_digest(given, digest):
                 found = key
         return found
+
+    def match(self, header: str | None) -> str | None:
+        """Return the key an ``Authorization`` header (Bearer or Basic) carries, or None."""
+        return self.match_key(presented_key(header, None)) if header else None
 
     def check(self, header: str | None) -> bool:
         return self.match(header) is not None
@@ -126,16 +174,31 @@ def _key_of(item: dict[str, Any]) -> bytes | None:
     return uid.encode() if isinstance(uid, str) else None
 
 
-def classify_body(body: bytes, received_ms: int) -> BodyResult:
-    """Split a request body into events to write and rejected items (by index)."""
-    if len(body) > MAX_BODY_BYTES:
-        return BodyResult(
-            413, f"body is {len(body)} bytes; send at most {MAX_BODY_BYTES} per request"
-        )
+def parse_body(body: bytes, limit: int = MAX_BODY_BYTES) -> Any:
+    """The parsed JSON body, or a refusing :class:`BodyResult` (413 or 400).
+
+    >>> parse_body(b'{"a": 1}'), parse_body(b'{').status, parse_body(b'[1, 2]', limit=5).status
+    ({'a': 1}, 400, 413)
+    """
+    if len(body) > limit:
+        return BodyResult(413, f"body is {len(body)} bytes; send at most {limit} per request")
     try:
-        parsed = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         return BodyResult(400, f"body is not valid JSON ({exc}); send one event object or an array")
+
+
+def classify_body(body: bytes, received_ms: int) -> BodyResult:
+    """Split a request body into events to write and rejected items (by index)."""
+    parsed = parse_body(body)
+    if isinstance(parsed, BodyResult):
+        return parsed
+    return classify_parsed(parsed, received_ms, body)
+
+
+def classify_parsed(parsed: Any, received_ms: int, body: bytes) -> BodyResult:
+    """Split a parsed ``body`` (one event object or an array of them) into events to
+    write and rejected items (by index)."""
     if isinstance(parsed, dict):
         items: list[Any] = [parsed]
     elif isinstance(parsed, list):
@@ -146,6 +209,13 @@ def classify_body(body: bytes, received_ms: int) -> BodyResult:
             return BodyResult(400, "empty array: send at least one event")
     else:
         return BodyResult(400, "body must be a JSON object (one event) or an array of events")
+    return classify_items(items, received_ms, body)
+
+
+def classify_items(items: list[Any], received_ms: int, body: bytes) -> BodyResult:
+    """Validate every item: valid events to write (keyed by user), the rest to the DLQ
+    with per-index errors (an item that cannot be serialised again is quoted as the
+    whole ``body``). The status is 202 whatever the items."""
     out = BodyResult(202)
     for index, item in enumerate(items):
         checked = check_event(item, received_ms)

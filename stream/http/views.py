@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,18 @@ import faust
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from faust.types.web import ResourceOptions
 
-from stream.core.collector import MAX_BODY_BYTES, RateLimiter, WriteKeys, classify_body
+from stream.core.collector import (
+    MAX_BODY_BYTES,
+    BodyResult,
+    RateLimiter,
+    WriteKeys,
+    body_key,
+    classify_parsed,
+    parse_body,
+    presented_key,
+)
 from stream.kafka.writer import KafkaUnavailable
 from stream.runtime import Runtime
 
@@ -102,26 +114,42 @@ def register(app: faust.App, rt: Runtime) -> None:
             {"Retry-After": str(max(1, math.ceil(wait)))},
         )
 
-    async def collect(request: web.Request) -> web.Response:
-        key = keys.match(request.headers.get("Authorization"))
-        if key is None:
-            return _error(
-                401,
-                "missing or unknown write key: send 'Authorization: Bearer <key>' "
-                "with a key from PULSE_WRITE_KEYS",
-                {"WWW-Authenticate": 'Bearer realm="pulse"'},
-            )
-        wait = limiter.exhausted(key)
-        if wait > 0:
+    def unauthorized() -> web.Response:
+        return _error(
+            401,
+            "missing or unknown write key: send a key from PULSE_WRITE_KEYS as "
+            "'Authorization: Bearer <key>', as HTTP Basic user name, as ?key=<key> "
+            "or as a writeKey field of the body",
+            {"WWW-Authenticate": 'Bearer realm="pulse"'},
+        )
+
+    async def accept(
+        request: web.Request,
+        classify: Callable[[Any, int, bytes], BodyResult],
+        reply: Callable[[BodyResult], web.Response],
+        limit: int = MAX_BODY_BYTES,
+    ) -> web.Response:
+        """The collector's common path: key, rate, body, classification, Kafka ack.
+
+        ``classify`` turns the parsed body into events and DLQ records; ``reply``
+        answers once Kafka acknowledged them all. A key outside the body is checked
+        before the body is read; a ``writeKey`` in the body after parsing it.
+        """
+        token = presented_key(request.headers.get("Authorization"), request.query.get("key"))
+        key = keys.match_key(token) if token is not None else None
+        if token is not None and key is None:
+            return unauthorized()
+        if key is not None and (wait := limiter.exhausted(key)) > 0:
             return too_many(wait)
         length = request.content_length
-        if length is not None and length > MAX_BODY_BYTES:
-            return _error(413, f"body is {length} bytes; send at most {MAX_BODY_BYTES} per request")
+        if length is not None and length > limit:
+            return _error(413, f"body is {length} bytes; send at most {limit} per request")
         try:
-            body = await read_body(request, MAX_BODY_BYTES)
+            body = await read_body(request, limit)
         except BodyTooLarge:
             return _error(
-                413, f"body is over {MAX_BODY_BYTES} bytes; send at most that per request"
+                413,
+                f"body is over {limit} bytes (after decompression); send at most that per request",
             )
         except ValueError as exc:
             return _error(
@@ -129,15 +157,24 @@ def register(app: faust.App, rt: Runtime) -> None:
                 f"the request body could not be read ({exc}): send plain or gzip-encoded "
                 "JSON with a correct Content-Length or chunked encoding",
             )
+        parsed = parse_body(body, limit)
+        if isinstance(parsed, BodyResult):
+            return _error(parsed.status, parsed.message)
+        if key is None:
+            key = keys.match_key(body_key(parsed))
+            if key is None:
+                return unauthorized()
+            if (wait := limiter.exhausted(key)) > 0:
+                return too_many(wait)
         received_ms = int(time.time() * 1000)
         try:
-            result = classify_body(body, received_ms)
+            result = classify(parsed, received_ms, body)
         except Exception as exc:  # a bug must not become a 500 that quotes the body in the log
             _log_failure("classifying a collector request", exc)
             return _error(
                 400, "the body could not be processed: send events as described by the schema"
             )
-        if result.status != 202:
+        if result.status >= 300:
             return _error(result.status, result.message)
         wait = limiter.take(key, len(result.accepted) + len(result.dlq))
         if wait > 0:
@@ -145,18 +182,26 @@ def register(app: faust.App, rt: Runtime) -> None:
         if not rt.writer.started:
             return _error(503, "not connected to Kafka yet; retry shortly", {"Retry-After": "2"})
         try:
-            if result.accepted:
-                await rt.writer.send_many(result.accepted, events_topic, timestamp_ms=received_ms)
-            if result.dlq:
-                await rt.writer.send_many(result.dlq, dlq_topic, timestamp_ms=received_ms)
-        except KafkaUnavailable as exc:
-            log.warning("collector write failed: %s", exc)
+            async with asyncio.timeout(rt.settings.collector_ack_timeout_s):
+                if result.accepted:
+                    await rt.writer.send_many(
+                        result.accepted, events_topic, timestamp_ms=received_ms
+                    )
+                if result.dlq:
+                    await rt.writer.send_many(result.dlq, dlq_topic, timestamp_ms=received_ms)
+        except (KafkaUnavailable, TimeoutError) as exc:
+            log.warning("collector write failed: %s", exc or "no acknowledgement in time")
             return _error(
                 503,
-                "Kafka did not acknowledge the events; nothing was accepted, retry later",
+                f"Kafka did not acknowledge the events within "
+                f"{rt.settings.collector_ack_timeout_s:g} s; retry after the Retry-After "
+                "seconds (events already written are deduplicated by event_id)",
                 {"Retry-After": "5"},
             )
         metrics.count_invalid(result.reasons)
+        return reply(result)
+
+    def accepted(result: BodyResult) -> web.Response:
         return _json(
             202,
             {
@@ -165,6 +210,9 @@ def register(app: faust.App, rt: Runtime) -> None:
                 "errors": result.errors,
             },
         )
+
+    async def collect(request: web.Request) -> web.Response:
+        return await accept(request, classify_parsed, accepted)
 
     async def healthz(request: web.Request) -> web.Response:
         return _json(200, {"status": "ok"})
@@ -248,16 +296,28 @@ def register(app: faust.App, rt: Runtime) -> None:
 
         return wrapped
 
-    for path, method, handler in [
-        ("/v1/events", "post", collect),
-        ("/healthz", "get", healthz),
-        ("/readyz", "get", readyz),
-        ("/metrics", "get", prometheus),
-        ("/v1/campaigns", "get", campaigns),
-        ("/v1/models", "get", models),
-        ("/v1/models/propensity/score", "post", score),
-        ("/v1/campaigns/{campaign_id}", "get", campaign),
-        ("/", "get", index),
+    # Pages on other origins may post events (the collector only; the read side stays
+    # same-origin). Retry-After is exposed so that a tracker can honour it.
+    collector_cors = {
+        origin: ResourceOptions(
+            allow_credentials=False,
+            expose_headers=("Retry-After",),
+            allow_headers=("Authorization", "Content-Type", "Content-Encoding"),
+            max_age=86400,
+            allow_methods=("POST",),
+        )
+        for origin in rt.settings.cors_origins
+    }
+    for path, method, handler, cors in [
+        ("/v1/events", "post", collect, collector_cors),
+        ("/healthz", "get", healthz, None),
+        ("/readyz", "get", readyz, None),
+        ("/metrics", "get", prometheus, None),
+        ("/v1/campaigns", "get", campaigns, None),
+        ("/v1/models", "get", models, None),
+        ("/v1/models/propensity/score", "post", score, None),
+        ("/v1/campaigns/{campaign_id}", "get", campaign, None),
+        ("/", "get", index, None),
     ]:
         cls = type(f"View_{handler.__name__}", (faust.web.View,), {method: view(handler)})
-        app.page(path, name=f"pulse-{handler.__name__}")(cls)
+        app.page(path, name=f"pulse-{handler.__name__}", cors_options=cors)(cls)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
 import time
+from pathlib import Path
 
 import httpx
 import orjson
@@ -102,3 +105,90 @@ async def test_every_acknowledged_event_is_on_the_topic(worker, worker_env, kafk
     ids = {orjson.loads(v)["event_id"] for _, v in on_topic}
     assert accepted_ids <= ids
     worker.wait_metric("pulse_events_total", 3000)
+
+
+def peak_rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+
+
+async def test_browser_ready_collector(make_worker, worker_env, kafka) -> None:
+    """CORS for the collector only, every form of write key, text/plain and gzip bodies,
+    and a gzip bomb refused without being inflated past the limit."""
+    shop = "https://shop.example"
+    w = make_worker(PULSE_RATE_LIMIT="1000", PULSE_CORS_ORIGINS=f"{shop}, https://b.example")
+    preflight = {
+        "Origin": shop,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type, content-encoding",
+    }
+    async with httpx.AsyncClient(base_url=w.url, timeout=30) as client:
+        r = await client.options("/v1/events", headers=preflight)
+        assert r.status_code == 200, r.text
+        assert r.headers["Access-Control-Allow-Origin"] == shop
+        assert "POST" in r.headers["Access-Control-Allow-Methods"]
+        allowed = r.headers["Access-Control-Allow-Headers"].lower()
+        assert {"authorization", "content-type", "content-encoding"} <= set(allowed.split(","))
+        assert r.headers["Access-Control-Max-Age"] == "86400"
+        r = await client.options(
+            "/v1/events", headers={**preflight, "Origin": "https://evil.example"}
+        )
+        assert "Access-Control-Allow-Origin" not in r.headers
+        r = await client.options(
+            "/v1/campaigns", headers={**preflight, "Access-Control-Request-Method": "GET"}
+        )
+        assert "Access-Control-Allow-Origin" not in r.headers  # the read side stays same-origin
+        r = await client.get("/v1/campaigns", headers={"Origin": shop})
+        assert "Access-Control-Allow-Origin" not in r.headers
+
+        basic = "Basic " + base64.b64encode(b"test-key:").decode()
+        sent = {
+            "bearer": await client.post(
+                "/v1/events", content=orjson.dumps(ev("k-1")), headers={**AUTH, "Origin": shop}
+            ),
+            "basic": await client.post(
+                "/v1/events", content=orjson.dumps(ev("k-2")), headers={"Authorization": basic}
+            ),
+            "query": await client.post(
+                "/v1/events?key=test-key",
+                content=orjson.dumps([ev("k-3")]),
+                headers={"Content-Type": "text/plain;charset=UTF-8", "Origin": shop},
+            ),
+            "body": await client.post(
+                "/v1/events",
+                content=orjson.dumps({**ev("k-4"), "writeKey": "test-key"}),
+                headers={"Content-Type": "text/plain"},
+            ),
+            "gzip": await client.post(
+                "/v1/events",
+                content=gzip.compress(orjson.dumps([ev("k-5"), ev("k-6")])),
+                headers={**AUTH, "Content-Encoding": "gzip"},
+            ),
+        }
+        for how, r in sent.items():
+            assert r.status_code == 202 and r.json()["rejected"] == 0, (how, r.text)
+        assert sent["bearer"].headers["Access-Control-Allow-Origin"] == shop
+        assert "retry-after" in sent["query"].headers["Access-Control-Expose-Headers"].lower()
+        for bad in ("Basic " + base64.b64encode(b"nope:").decode(), "Token test-key"):
+            r = await client.post(
+                "/v1/events", content=orjson.dumps(ev("x")), headers={"Authorization": bad}
+            )
+            assert r.status_code == 401, bad
+        r = await client.post("/v1/events?key=nope", content=orjson.dumps(ev("x")))
+        assert r.status_code == 401
+        r = await client.post("/v1/events", content=orjson.dumps({**ev("x"), "writeKey": "nope"}))
+        assert r.status_code == 401 and "writeKey" in r.json()["error"]
+
+        # 64 MiB of zeros is 64 KiB gzipped: refused once 512 KB are inflated
+        assert w.proc is not None
+        before = peak_rss_kib(w.proc.pid)
+        bomb = gzip.compress(b"[" + b" " * (64 << 20) + b"]", compresslevel=9)
+        assert len(bomb) < 100_000
+        r = await client.post(
+            "/v1/events", content=bomb, headers={**AUTH, "Content-Encoding": "gzip"}
+        )
+        assert r.status_code == 413 and "decompression" in r.json()["error"]
+        grown = peak_rss_kib(w.proc.pid) - before
+        assert grown < 32 * 1024, f"the worker's peak RSS grew {grown} KiB on a gzip bomb"
+    w.wait_metric("pulse_events_total", 6)
+    assert w.metric_sum("pulse_events_total") == 6

@@ -46,6 +46,8 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "store_memory": 256 * 1024 * 1024,
     "state_key": "",
     "transactions": True,
+    "cors_origins": ("*",),
+    "collector_ack_timeout_s": 5.0,
 }
 
 
@@ -141,6 +143,13 @@ OVERRIDES: list[tuple[str, str, str, Any]] = [
     ("PULSE_STORE_MEMORY", "1GiB", "store_memory", 1 << 30),
     ("PULSE_STATE_KEY", "k3y", "state_key", "k3y"),
     ("PULSE_TRANSACTIONS", "false", "transactions", False),
+    (
+        "PULSE_CORS_ORIGINS",
+        "https://a.example, https://b.example",
+        "cors_origins",
+        ("https://a.example", "https://b.example"),
+    ),
+    ("PULSE_COLLECTOR_ACK_TIMEOUT", "2500ms", "collector_ack_timeout_s", 2.5),
 ]
 
 

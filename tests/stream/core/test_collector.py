@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any
 
@@ -16,7 +17,11 @@ from stream.core.collector import (
     BodyResult,
     RateLimiter,
     WriteKeys,
+    body_key,
     classify_body,
+    classify_parsed,
+    parse_body,
+    presented_key,
 )
 from stream.core.validation import MAX_PROPERTIES_BYTES
 
@@ -48,6 +53,11 @@ WRITE_KEY_CASES: dict[str, tuple[Keys, str | None, str | None]] = {
     "several keys, none": (["k1", "k2", "k3"], "Bearer k4", None),
     "non-ascii key": (["clé-ü"], "Bearer clé-ü", "clé-ü"),
     "tuple of keys": (("a", "b"), "Bearer b", "b"),
+    "basic, key as user": (["k1"], "Basic " + base64.b64encode(b"k1:").decode(), "k1"),
+    "basic, with a password": (["k1"], "Basic " + base64.b64encode(b"k1:pw").decode(), "k1"),
+    "basic, wrong key": (["k1"], "Basic " + base64.b64encode(b"k2:").decode(), None),
+    "basic, not base64": (["k1"], "Basic k1!!", None),
+    "basic, not utf-8": (["k1"], "Basic " + base64.b64encode(b"\xff:").decode(), None),
 }
 
 
@@ -396,7 +406,45 @@ def test_accepted_events_are_written_with_a_truncated_ip() -> None:
     assert item["context"]["ip"] == "203.0.113.77"  # the parsed input is not modified
 
 
-@given(st.sampled_from(["", "Bearer ", "bearer k"]), st.binary(max_size=300))
+@pytest.mark.parametrize(
+    ("authorization", "query", "expected"),
+    [
+        (None, None, None),  # nothing presented: the body may carry a writeKey
+        (None, "k1", "k1"),
+        ("Bearer k1", "other", "k1"),  # the header wins over the URL
+        ("Token k1", "k1", ""),  # an unknown scheme presents an invalid key
+        ("Basic " + base64.b64encode(b"k1:").decode(), None, "k1"),
+        ("Basic ", None, ""),
+        ("x" * 5000, None, ""),
+    ],
+)
+def test_presented_key(authorization: str | None, query: str | None, expected: str | None) -> None:
+    assert presented_key(authorization, query) == expected
+
+
+def test_body_key_is_taken_out_of_an_object_body() -> None:
+    event = {"writeKey": "k1", "event_id": "e1"}
+    assert body_key(event) == "k1" and "writeKey" not in event
+    assert body_key({"writeKey": 5}) is None
+    assert body_key([{"writeKey": "k1"}]) is None and body_key("k1") is None
+
+
+def test_a_write_key_in_the_body_does_not_fail_the_event_schema() -> None:
+    item = {
+        "writeKey": "k1",
+        "event_id": "e1",
+        "type": "view",
+        "event_time": T0,
+        "user_id": "u1",
+        "campaign_id": "c1",
+    }
+    parsed = parse_body(orjson.dumps(item))
+    assert body_key(parsed) == "k1"
+    result = classify_parsed(parsed, RECEIVED, b"")
+    assert len(result.accepted) == 1 and not result.errors
+
+
+@given(st.sampled_from(["", "Bearer ", "bearer k", "Basic "]), st.binary(max_size=300))
 def test_write_keys_never_raise(scheme: str, value: bytes) -> None:
     header = scheme + value.decode("utf-8", "surrogateescape")  # as aiohttp decodes headers
     assert WriteKeys(["k1"]).match(header) in (None, "k1")
