@@ -247,7 +247,10 @@ class CampaignTotals:
             if row is None:
                 row = rows[key] = [0, 0, 0, 0.0]
             etype = e["type"]
-            row[index[etype]] += 1
+            i = index.get(etype)
+            if i is None:  # add-to-carts are in the window records, not in these totals
+                continue
+            row[i] += 1
             if etype == "purchase":
                 row[3] += e.get("revenue") or 0.0
 

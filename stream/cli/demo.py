@@ -69,7 +69,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  curl -H 'Authorization: Bearer {key}' -d @event.json {url}/v1/events", flush=True)
         print("Ctrl-C stops everything.\n", flush=True)
         cfg = SimConfig(
-            rate=args.rate, duration_s=args.duration, scenario=args.scenario, seed=args.seed
+            rate=args.rate,
+            duration_s=args.duration,
+            scenario=args.scenario,
+            seed=args.seed,
+            cart_share=args.carts,
+            catalog=args.catalog,
         )
         asyncio.run(run_simulation(settings, cfg, via="http", url=url, write_key=key))
         print("simulation finished; the worker keeps running until Ctrl-C", flush=True)

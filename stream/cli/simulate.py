@@ -15,6 +15,15 @@ def add_traffic_arguments(s: argparse.ArgumentParser, duration: float) -> None:
     s.add_argument("--duration", type=float, default=duration)
     s.add_argument("--scenario", choices=["steady", "ctr-drop", "surge"], default="steady")
     s.add_argument("--seed", type=int, default=42)
+    s.add_argument(
+        "--carts", type=float, default=0.3, help="share of clicks followed by an add_to_cart"
+    )
+    s.add_argument(
+        "--catalog",
+        type=int,
+        default=500,
+        help="products: events carry item_id and purchases items (0: none)",
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +47,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         campaigns=args.campaigns,
         scenario=args.scenario,
         seed=args.seed,
+        cart_share=args.carts,
+        catalog=args.catalog,
     )
     url = args.url or f"http://127.0.0.1:{found.web_port}"
     key = args.write_key or (found.write_keys[0] if found.write_keys else None)

@@ -24,8 +24,16 @@ __all__ = ["plainly_valid"]
 _MAX_TS = 253402300799999
 _TYPES = frozenset(("view", "click", "purchase"))
 _CHANNELS = frozenset(("web", "mobile", "email", "sms", "social", "search", "display"))
-_IDS = ("user_id", "anonymous_id", "campaign_id", "variant_id", "session_id", "order_id")
-_CONTEXT_STRINGS = ("ip", "user_agent", "page_url", "locale")
+_IDS = (
+    "user_id",
+    "anonymous_id",
+    "campaign_id",
+    "variant_id",
+    "session_id",
+    "order_id",
+    "item_id",
+)
+_CONTEXT_STRINGS = ("ip", "user_agent", "page_url", "locale", "timezone")
 _KEYS = frozenset(
     (
         "event_id",

@@ -48,6 +48,7 @@ def metric_record(
 ) -> dict[str, Any]:
     """One closed-window record for campaign × variant × channel."""
     views, clicks, purchases, revenue = row[0], row[1], row[2], round(float(row[3]), 6)
+    carts = row[4] if len(row) > 4 else 0
     cost = spend(views, clicks, campaign)
     return {
         "campaign_id": campaign_id,
@@ -57,6 +58,7 @@ def metric_record(
         "window_end": window_end,
         "views": views,
         "clicks": clicks,
+        "carts": carts,
         "purchases": purchases,
         "revenue": revenue,
         "spend": cost,

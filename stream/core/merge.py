@@ -6,13 +6,13 @@ A partial repeated after a crash (its windows already covered by that
 partition's progress) is ignored, so nothing is counted twice.
 
 >>> m = WindowMerger(partitions=2, size_ms=10)
->>> m.add_partial(0, 10, [(0, {("c", "A", "web"): [2, 1, 0, 0.0]})])
+>>> m.add_partial(0, 10, [(0, {("c", "A", "web"): [2, 1, 0, 0.0, 0]})])
 >>> m.ready()
 []
->>> m.add_partial(1, 12, [(0, {("c", "A", "web"): [1, 0, 0, 0.0]})])
+>>> m.add_partial(1, 12, [(0, {("c", "A", "web"): [1, 0, 0, 0.0, 1]})])
 >>> m.ready()
-[(0, {('c', 'A', 'web'): [3, 1, 0, 0.0]})]
->>> m.add_partial(1, 12, [(0, {("c", "A", "web"): [1, 0, 0, 0.0]})])  # replayed: ignored
+[(0, {('c', 'A', 'web'): [3, 1, 0, 0.0, 1]})]
+>>> m.add_partial(1, 12, [(0, {("c", "A", "web"): [1, 0, 0, 0.0, 1]})])  # replayed: ignored
 >>> m.ready()
 []
 """
@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from stream.core.windows import Row, RowKey
+from stream.core.windows import Row, RowKey, new_row, row_of
 
 
 class WindowMerger:
@@ -45,10 +45,9 @@ class WindowMerger:
             for key, row in rows.items():
                 acc = target.get(key)
                 if acc is None:
-                    target[key] = list(row)
-                else:
-                    for i in range(4):
-                        acc[i] += row[i]
+                    acc = target[key] = new_row()
+                for i, value in enumerate(row):  # a row of an older release has no carts
+                    acc[i] += value
         if closed_until > before:
             self.progress[partition] = closed_until
 
@@ -82,7 +81,7 @@ class WindowMerger:
         m = cls(partitions, size_ms)
         m.progress = {int(p): v for p, v in state["progress"].items()}
         m.pending = {
-            int(ws): {(r[0], r[1], r[2]): [r[3], r[4], r[5], r[6]] for r in rows}
+            int(ws): {(r[0], r[1], r[2]): row_of(r) for r in rows}
             for ws, rows in state["pending"].items()
         }
         m.emitted_until = state["emitted_until"]
@@ -166,9 +165,10 @@ class EmittedOutputs:
 
 
 def encode_windows(windows: Iterable[tuple[int, Mapping[RowKey, Row]]]) -> list[Any]:
-    """JSON-friendly windows: ``[[ws, [[c, v, ch, views, clicks, purchases, revenue]]]]``."""
+    """JSON-friendly windows: ``[[ws, [[c, v, ch, views, clicks, purchases, revenue,
+    carts]]]]``."""
     return [[ws, [[*k, *v] for k, v in rows.items()]] for ws, rows in windows]
 
 
 def decode_windows(data: Iterable[Any]) -> list[tuple[int, dict[RowKey, Row]]]:
-    return [(ws, {(r[0], r[1], r[2]): [r[3], r[4], r[5], r[6]] for r in rows}) for ws, rows in data]
+    return [(ws, {(r[0], r[1], r[2]): row_of(r) for r in rows}) for ws, rows in data]

@@ -34,6 +34,9 @@ from stream.core.windows import PartitionWindows, Row, RowKey
 
 #: a watermark past every window: closes all of them (end of a backtest)
 CLOSE_ALL = 2**62
+#: Event types the propensity model learns from (add-to-carts and identities are not
+#: features of it yet)
+MODELLED = frozenset(("view", "click", "purchase"))
 
 Partial = tuple[int, int, list[tuple[int, dict[RowKey, Row]]]]  # partition, closed_until, windows
 
@@ -96,7 +99,8 @@ class PartitionStage:
                     continue
                 if isinstance(status, tuple):
                     out.counted.append((status, event))
-                scored.append((p, event))
+                if event["type"] in MODELLED:
+                    scored.append((p, event))
         if self.new_model is None or not scored:
             return out
         with self.clock.stage("model"):

@@ -35,6 +35,7 @@ FIELDS = (
     "window_end",
     "views",
     "clicks",
+    "carts",
     "purchases",
     "revenue",
     "spend",
@@ -43,7 +44,7 @@ FIELDS = (
     "roas",
 )
 KEYS = ("campaign_id", "variant_id", "channel", "window_start", "window_end")
-COUNTS = ("views", "clicks", "purchases")
+COUNTS = ("views", "clicks", "carts", "purchases")
 MONEY = ("revenue", "spend")
 RATES = ("ctr", "cvr", "roas")
 #: Columns of every KPI table after its group keys.

@@ -51,6 +51,17 @@ CHANNEL_CTR = tuple(c / _CHANNEL_NORM for c in _CHANNEL_CTR_RAW)
 _CURRENCIES = ("EUR", "eur", "USD", "usd", "GBP", "CHF")
 _CURRENCY_WEIGHTS = (0.62, 0.06, 0.14, 0.10, 0.05, 0.03)
 _LOCALES = ("de-DE", "en-GB", "en-US", "fr-FR", "es-ES", "it-IT", "nl-NL", "pl-PL")
+_TIMEZONES = {
+    "de-DE": "Europe/Berlin",
+    "en-GB": "Europe/London",
+    "en-US": "America/New_York",
+    "fr-FR": "Europe/Paris",
+    "es-ES": "Europe/Madrid",
+    "it-IT": "Europe/Rome",
+    "nl-NL": "Europe/Amsterdam",
+    "pl-PL": "Europe/Warsaw",
+}
+_CART_DELAY_MS = (2_000, 20_000)  # click -> add to cart
 _AGENTS = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/124.0 Safari/537.36",
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 Version/17.4 Safari/605.1",
@@ -104,6 +115,11 @@ class SimConfig:
     sent_at_share: float = 0.5
     rfc3339_share: float = 0.1
     skew_share: float = 0.2
+    #: share of clicks followed by an add_to_cart of the same campaign (0: none)
+    cart_share: float = 0.0
+    #: products in the catalog: views, clicks and carts carry an ``item_id`` and
+    #: purchases their ``items`` (0: no items). Item draws use their own random stream.
+    catalog: int = 0
 
     def __post_init__(self) -> None:
         problems = []
@@ -121,6 +137,8 @@ class SimConfig:
             problems.append(f"variants must be 1..26 (A..Z), got {self.variants}")
         if not 1 <= self.users <= 99_999_999:
             problems.append(f"users must be 1..99999999, got {self.users}")
+        if not 0 <= self.catalog <= 10_000_000:
+            problems.append(f"catalog must be 0..10000000 products, got {self.catalog}")
         if self.start_ms < 0:
             problems.append(f"start_ms must be epoch milliseconds >= 0, got {self.start_ms}")
         for name in (
@@ -132,6 +150,7 @@ class SimConfig:
             "sent_at_share",
             "rfc3339_share",
             "skew_share",
+            "cart_share",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -369,8 +388,10 @@ class Simulator:
             if sends and rng.random() < cfg.skew_share:
                 skew = rng.choice((-1, 1)) * rng.randint(2_000, 120_000)
             agent = rng.randrange(len(_AGENTS))
+            locale = _LOCALES[rng.randrange(len(_LOCALES))]
             context: dict[str, Any] = {
-                "locale": _LOCALES[rng.randrange(len(_LOCALES))],
+                "locale": locale,
+                "timezone": _TIMEZONES[locale],
                 "user_agent": _AGENTS[agent],
             }
             if agent < 4:
@@ -433,6 +454,10 @@ class Simulator:
         cfg = self.cfg
         rng = random.Random(f"{cfg.seed}/traffic")
         rand = rng.random
+        # items and carts draw from their own stream: with neither, traffic is unchanged
+        item_rng = random.Random(f"{cfg.seed}/items")
+        catalog, cart_share = cfg.catalog, cfg.cart_share
+        cart_lo, cart_hi = _CART_DELAY_MS
         expo = rng.expovariate
         self.truth = truth = self._new_truth()
         click_propensity = truth.click_propensity if self.click_truth else None
@@ -527,6 +552,10 @@ class Simulator:
                 chan = min(bisect_right(chan_cum, rand() * chan_cum[-1]), len(CHANNELS) - 1)
                 emit = t + send_delay()
                 ev = make_event("view", t, emit, user, c, var, chan)
+                item = None
+                if catalog:  # popular products first: item k with weight ~ 1/sqrt(k)
+                    item = f"sku-{int(catalog * item_rng.random() ** 2):05d}"
+                    ev["item_id"] = item
                 seq += 1
                 push(heap, (emit, seq, "valid", ev, user.key_bytes, (c, var, 0), None, None))
                 p_click = variant_ctr[c][vi] * CHANNEL_CTR[chan] * user.affinity
@@ -539,8 +568,21 @@ class Simulator:
                     continue
                 cemit = ct + send_delay()
                 cev = make_event("click", ct, cemit, user, c, var, chan)
+                if item is not None:
+                    cev["item_id"] = item
                 seq += 1
                 push(heap, (cemit, seq, "valid", cev, user.key_bytes, (c, var, 1), None, None))
+                if cart_share and item_rng.random() < cart_share:
+                    at_t = ct + item_rng.randint(cart_lo, cart_hi)
+                    if at_t < duration:
+                        delay = item_rng.expovariate(1.0 / _SEND_DELAY_MEAN_MS)
+                        aemit = at_t + min(int(delay), _SEND_DELAY_MAX_MS)
+                        aev = make_event("add_to_cart", at_t, aemit, user, c, var, chan)
+                        if item is not None:
+                            aev["item_id"] = item
+                        seq += 1
+                        akey = (c, var, 4)
+                        push(heap, (aemit, seq, "valid", aev, user.key_bytes, akey, None, None))
                 p_buy = min(0.95, user.propensity * factors[c])
                 if click_propensity is not None:
                     click_propensity[cev["event_id"]] = p_buy
@@ -560,6 +602,8 @@ class Simulator:
                     min(bisect_right(cur_cum, rand() * cur_cum[-1]), len(_CURRENCIES) - 1)
                 ]
                 pev["properties"] = {"items": 1 + int(expo(0.8))}
+                if item is not None:
+                    pev["items"] = [{"item_id": item, "quantity": 1, "price": pev["revenue"]}]
                 seq += 1
                 truth_key = (c, var, 2 if with_campaign else 3)
                 push(heap, (pemit, seq, "valid", pev, user.key_bytes, truth_key, None, None))
@@ -604,7 +648,9 @@ class Simulator:
                 if kind == "valid":
                     c, var, typ = tk
                     cid = camp_ids[c]
-                    if typ >= 2:
+                    if typ == 4:
+                        counts[(cid, var, "add_to_cart")] += 1
+                    elif typ >= 2:
                         counts[(cid, var, "purchase")] += 1
                         revenue[(cid, var)] = revenue.get((cid, var), 0.0) + ev["revenue"]
                         if typ == 3:

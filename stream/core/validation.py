@@ -14,8 +14,8 @@ They never raise, whatever the input.
 >>> parse_event(b'[1, 2]', received_ms=9000).reason
 'not_object'
 >>> bad = b'{"event_id": "e1", "type": "hover", "event_time": 1000, "user_id": "u1"}'
->>> print(parse_event(bad, received_ms=9000).detail)
-data.type must be one of ['view', 'click', 'purchase']: send a supported event type
+>>> print(parse_event(bad, received_ms=9000).detail.split(": ")[0])
+data.type must be one of ['view', 'click', 'add_to_cart', 'purchase', 'identify']
 """
 
 from __future__ import annotations
@@ -80,13 +80,19 @@ _FIELD_HINTS = {
     "variant_id": _ID_HINT + ", or omit it",
     "session_id": _ID_HINT + ", or omit it",
     "order_id": _ID_HINT + ", or omit it",
+    "item_id": _ID_HINT + ", or omit it",
+    "previous_id": _ID_HINT + ", or omit it",
+    "items": (
+        'send items as an array of at most 100 {"item_id": string, "quantity": integer >= 1, '
+        '"price": number >= 0}'
+    ),
     "channel": "send a supported channel, or omit it to use web",
     "revenue": "send revenue as a finite number >= 0",
     "currency": "send a 3-letter ISO 4217 currency code such as USD",
     "consent": 'send consent as {"marketing": true} or {"marketing": false}',
     "context": (
-        "send context as an object whose ip, user_agent, page_url and locale are strings "
-        "and whose utm is an object of strings"
+        "send context as an object whose ip, user_agent, page_url, locale and timezone are "
+        "strings and whose utm is an object of strings"
     ),
     "properties": "send properties as a JSON object",
     "received_at": "omit received_at: Pulse sets it",
@@ -274,6 +280,15 @@ def _describe(exc: fastjsonschema.JsonSchemaValueException, event: dict[Any, Any
         missing = [name for name in _REQUIRED if name not in event]
         if missing and rule in ("anyOf", "required"):
             return f"data must contain {missing} properties: {_REQUIRED_HINT}"
+        if (
+            rule == "anyOf"
+            and exc.rule_definition
+            and {"required": ["item_id"]} in (exc.rule_definition)
+        ):
+            return (
+                "data must contain campaign_id or item_id: view, click and add_to_cart events "
+                "need the campaign they belong to or the item they are about"
+            )
         if rule == "anyOf":
             return (
                 "data must contain user_id or anonymous_id: identify the user (user_id) "
@@ -281,8 +296,8 @@ def _describe(exc: fastjsonschema.JsonSchemaValueException, event: dict[Any, Any
             )
         if rule == "required":
             missing = exc.rule_definition or []
-            if "campaign_id" in missing:
-                hint = "view and click events need the campaign they belong to"
+            if "user_id" in missing:
+                hint = "identify events link an anonymous_id (or previous_id) to a user_id"
             elif "revenue" in missing or "currency" in missing:
                 hint = (
                     "purchase events need revenue (a number >= 0) and currency "

@@ -11,8 +11,10 @@ closes windows, whose *partial* rows are then merged across partitions by
 ('c', 'A', 'web')
 >>> pw.add({"type": "view", "ts": 75_000, "campaign_id": "c", "channel": "web", "user_id": "u"})
 ('c', '', 'web')
+>>> pw.add({"type": "view", "ts": 2_000, "item_id": "sku-9", "channel": "web", "user_id": "u"})
+'item'
 >>> [(ws, rows) for ws, rows in pw.close()]
-[(0, {('c', 'A', 'web'): [1, 0, 0, 0.0]})]
+[(0, {('c', 'A', 'web'): [1, 0, 0, 0.0, 0]})]
 >>> pw.add({"type": "click", "ts": 5_000, "campaign_id": "c", "channel": "web", "user_id": "u"})
 'late'
 """
@@ -23,8 +25,28 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 RowKey = tuple[str, str, str]  # campaign_id, variant_id ("" when absent), channel
-Row = list[Any]  # [views, clicks, purchases, revenue]
-TYPE_INDEX = {"view": 0, "click": 1, "purchase": 2}
+Row = list[Any]  # [views, clicks, purchases, revenue, carts]
+TYPE_INDEX = {"view": 0, "click": 1, "purchase": 2, "add_to_cart": 4}
+ROW_SIZE = 5
+#: Types that may count without a campaign: a purchase is attributed to the last click
+ATTRIBUTED = "purchase"
+
+
+def new_row() -> Row:
+    """An empty window row: ``[views, clicks, purchases, revenue, carts]``."""
+    return [0, 0, 0, 0.0, 0]
+
+
+def row_of(flat: Sequence[Any]) -> Row:
+    """The row of a stored ``[campaign, variant, channel, *row]`` list; rows written
+    before ``carts`` existed (4 values) read with 0 carts.
+
+    >>> row_of(["c", "A", "web", 3, 1, 0, 0.0]), row_of(["c", "A", "web", 3, 1, 0, 0.0, 2])
+    ([3, 1, 0, 0.0, 0], [3, 1, 0, 0.0, 2])
+    """
+    return [flat[3], flat[4], flat[5], flat[6], flat[7] if len(flat) > 7 else 0]
+
+
 SWEEPS_PER_TTL = 8  # last clicks are swept each time event time advances by 1/8 of their TTL
 
 
@@ -68,14 +90,21 @@ class PartitionWindows:
         return self.max_ts - self.grace_ms
 
     def add(self, event: Mapping[str, Any]) -> RowKey | str:
-        """Count one valid event; return its row key, or ``late`` / ``unattributed``."""
+        """Count one valid event; return its row key, or ``late`` / ``unattributed``, or
+        ``item`` / ``identify`` for events that belong to no campaign window (a product
+        viewed, clicked or added outside any campaign; an identity link): those move the
+        partition's event time on but are never late, since no window waits for them."""
         ts = event["ts"]
+        etype = event["type"]
+        if etype == "identify" or ("campaign_id" not in event and etype != ATTRIBUTED):
+            if ts > self.max_ts:
+                self.max_ts = ts
+            return "identify" if etype == "identify" else "item"
         ws = ts - ts % self.size_ms
         # Late against the watermark as of this event, not as of the last close():
         # the decision must not depend on where batch boundaries fall (replays).
         if ws + self.size_ms <= max(self.closed_until, self.max_ts - self.grace_ms):
             return "late"
-        etype = event["type"]
         user = event.get("user_id") or event.get("anonymous_id") or ""
         campaign = event.get("campaign_id")
         if campaign is not None:
@@ -98,7 +127,7 @@ class PartitionWindows:
             window = self.open[ws] = {}
         row = window.get(key)
         if row is None:
-            row = window[key] = [0, 0, 0, 0.0]
+            row = window[key] = new_row()
         row[TYPE_INDEX[etype]] += 1
         if etype == "purchase":
             row[3] += float(event.get("revenue") or 0.0)
@@ -185,7 +214,7 @@ class PartitionWindows:
         pw.last_offset = state["last_offset"]
         pw.unattributed = state.get("unattributed", 0)
         pw.open = {
-            int(ws): {(r[0], r[1], r[2]): [r[3], r[4], r[5], r[6]] for r in rows}
+            int(ws): {(r[0], r[1], r[2]): row_of(r) for r in rows}
             for ws, rows in state["open"].items()
         }
         return pw

@@ -78,7 +78,7 @@ async def consume_all(
     return out
 
 
-TYPE_INDEX = {"view": 0, "click": 1, "purchase": 2}
+TYPE_INDEX = {"view": 0, "click": 1, "purchase": 2, "add_to_cart": 4}
 
 
 def window_truth(
@@ -88,12 +88,15 @@ def window_truth(
 ) -> dict[tuple[Any, ...], list[Any]]:
     """Reference aggregation written independently of Pulse.
 
-    ``(campaign, variant, channel, window_start) -> [views, clicks, purchases, revenue]``
-    over first-seen events with epoch-ms ``event_time``; a purchase without
-    ``campaign_id`` counts for the row ``attribution[event_id]``.
+    ``(campaign, variant, channel, window_start) -> [views, clicks, purchases, revenue,
+    carts]`` over first-seen events with epoch-ms ``event_time``; a purchase without
+    ``campaign_id`` counts for the row ``attribution[event_id]``; events of no campaign
+    window (identify; views, clicks and add-to-carts of an item only) count nowhere.
     """
-    out: dict[tuple[Any, ...], list[Any]] = defaultdict(lambda: [0, 0, 0, 0.0])
+    out: dict[tuple[Any, ...], list[Any]] = defaultdict(lambda: [0, 0, 0, 0.0, 0])
     for e in events:
+        if e["type"] == "identify" or ("campaign_id" not in e and e["type"] != "purchase"):
+            continue
         ws = e["event_time"] - e["event_time"] % size_ms
         if "campaign_id" in e:
             cid, vid, ch = e["campaign_id"], e["variant_id"], e["channel"]
@@ -302,8 +305,14 @@ def describe(diff: dict[Any, tuple[Any, Any]], limit: int = 40) -> str:
 
 def assert_exact(got: dict[Any, dict[str, Any]], expected: dict[Any, list[Any]]) -> None:
     """Every window record equals the reference; the message lists the windows that differ."""
-    live = {k: [r["views"], r["clicks"], r["purchases"], r["revenue"]] for k, r in got.items()}
-    want = {k: [v[0], v[1], v[2], round(v[3], 6)] for k, v in expected.items()}
+    live = {
+        k: [r["views"], r["clicks"], r["purchases"], r["revenue"], r["carts"]]
+        for k, r in got.items()
+    }
+    want = {
+        k: [v[0], v[1], v[2], round(v[3], 6), v[4] if len(v) > 4 else 0]
+        for k, v in expected.items()
+    }
     diff = {
         k: (live.get(k), want.get(k))
         for k in live.keys() | want.keys()
@@ -311,9 +320,9 @@ def assert_exact(got: dict[Any, dict[str, Any]], expected: dict[Any, list[Any]])
     }
     wrong = sum(
         a != b for live_row, want_row in diff.values()
-        for a, b in zip(live_row or [None] * 4, want_row or [None] * 4, strict=True)
+        for a, b in zip(live_row or [None] * 5, want_row or [None] * 5, strict=True)
     )  # fmt: skip
     assert not diff, (
         f"{len(diff)} of {len(want)} window records differ ({wrong} wrong fields; "
-        f"[views, clicks, purchases, revenue]):\n{describe(diff)}"
+        f"[views, clicks, purchases, revenue, carts]):\n{describe(diff)}"
     )

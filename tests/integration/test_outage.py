@@ -183,7 +183,8 @@ async def test_collector_and_worker_ride_out_a_broker_outage(
     print(
         f"\noutage {OUTAGE_S:.0f}s (broker down {restarting - down:.1f}s, restart took "
         f"{up - restarting:.1f}s); during it: {statuses.count(503)} x 503, "
-        f"{statuses.count(202)} x 202 (slowest 503 after {waits[-1]:.1f}s); first 202 {collector_recovery:.1f}s after the broker "
+        f"{statuses.count(202)} x 202 (slowest 503 after {waits[-1]:.1f}s); "
+        f"first 202 {collector_recovery:.1f}s after the broker "
         f"was ready; worker caught up {worker_recovery:.1f}s after it; "
         f"all {len(traffic.accepted)} accepted events counted once "
         f"({len(ids) - len(set(ids))} retried duplicates on the topic; "

@@ -110,7 +110,10 @@ def test_event_schema_matches_the_contract() -> None:
     props = schema["properties"]
     assert schema["additionalProperties"] is False
     assert set(schema["required"]) == {"event_id", "type", "event_time"}
-    assert props["type"]["enum"] == ["view", "click", "purchase"]
+    assert props["type"]["enum"] == ["view", "click", "add_to_cart", "purchase", "identify"]
+    assert props["item_id"]["$ref"] == "#/definitions/identifier"
+    assert props["items"]["maxItems"] == 100
+    assert props["context"]["properties"]["timezone"]["type"] == "string"
     assert props["channel"]["enum"] == [
         "web", "mobile", "email", "sms", "social", "search", "display",
     ]  # fmt: skip
@@ -119,7 +122,10 @@ def test_event_schema_matches_the_contract() -> None:
 
 DLQ_RECORD = {
     "reason": "schema",
-    "detail": "data.type must be one of ['view', 'click', 'purchase']: send a supported event type",
+    "detail": (
+        "data.type must be one of ['view', 'click', 'add_to_cart', 'purchase', 'identify']: "
+        "send a supported event type"
+    ),
     "payload": '{"event_id": "e1", "type": "hover"}',
     "received_at": 1714564800123,
 }
@@ -131,6 +137,7 @@ METRICS_RECORD = {
     "window_end": 1714564860000,
     "views": 1000,
     "clicks": 25,
+    "carts": 4,
     "purchases": 2,
     "revenue": 99.8,
     "spend": 12.5,

@@ -28,14 +28,19 @@ scalars = st.one_of(
     st.booleans(),
     st.integers(min_value=-2, max_value=253402300800001),
     st.floats(allow_nan=True),
-    st.sampled_from(["", "x", "view", "click", "purchase", "web", "sms", "eur", "USD", "U$D"]),
+    st.sampled_from(
+        ["", "x", "view", "click", "add_to_cart", "purchase", "identify", "web", "sms", "eur"]
+        + ["USD", "U$D", "sku-1"]
+    ),
     st.text(max_size=70),
     st.text(min_size=125, max_size=130),
     st.just("2024-05-01T12:00:00Z"),
 )
 values = st.one_of(
     scalars,
-    st.dictionaries(st.sampled_from(["marketing", "ip", "utm", "x"]), scalars, max_size=3),
+    st.dictionaries(
+        st.sampled_from(["marketing", "ip", "utm", "timezone", "item_id", "x"]), scalars, max_size=3
+    ),
     st.dictionaries(
         st.sampled_from(["utm", "ip"]),
         st.dictionaries(st.text(max_size=3), scalars, max_size=2),
@@ -96,6 +101,9 @@ def test_accepts_common_shapes(event: dict[str, Any]) -> None:
         {"type": "purchase"},  # needs revenue and currency
         {"unknown": 1},
         {"revenue": float("nan")},
+        {"type": "add_to_cart", "item_id": "sku-1"},  # new types: the schema decides
+        {"type": "view", "item_id": "sku-1", "campaign_id": None},
+        {"items": [{"item_id": "sku-1"}]},
     ],
 )
 def test_defers_to_the_schema(change: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from stream.core.bandit import Allocator
-from stream.core.merge import EmittedOutputs, WindowMerger
+from stream.core.merge import EmittedOutputs, WindowMerger, decode_windows
 from stream.core.pipeline import MergeStage, Partial
 from stream.core.sealing import StateKey
 from stream.core.triggers import TriggerEngine, load_rules
@@ -105,3 +105,10 @@ def test_learn_ignores_outputs_the_snapshot_already_covers() -> None:
     assert not e
     e.learn([{**rec, "window_end": 10}], [trig, offer], emitted_until=0)
     assert e.keys == {("m", "c", None, "web", 0), ("t", "t1")}
+
+
+def test_partials_of_a_release_without_carts_merge_with_new_ones() -> None:
+    m = WindowMerger(partitions=2, size_ms=10)
+    m.add_partial(0, 10, decode_windows([[0, [["c", "", "web", 2, 1, 0, 0.0]]]]))
+    m.add_partial(1, 10, [(0, {("c", "", "web"): [1, 0, 0, 0.0, 3]})])
+    assert m.ready() == [(0, {("c", "", "web"): [3, 1, 0, 0.0, 3]})]

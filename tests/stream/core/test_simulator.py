@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from stream.core.simulator import SimConfig, SimItem, Simulator, rfc3339
+from stream.core.validation import check_event
 
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "schemas" / "event.schema.json"
 TOP_LEVEL_FIELDS = {
@@ -415,3 +416,25 @@ def test_truth_has_the_true_purchase_probability_of_every_click() -> None:
     assert plain.truth.click_propensity == {} and plain.truth.counts == truth.counts
     assert [i.value for _, i in items] == [i.value for _, i in stamped]  # same bytes
     assert Simulator(SimConfig(duration_s=5)).truth.drop_start_ms is None
+
+
+def test_carts_and_items_ride_on_the_same_traffic() -> None:
+    cfg = dict(rate=200, duration_s=120, seed=7, duplicate_share=0.0)
+    plain = Simulator(SimConfig(**cfg))
+    items = Simulator(SimConfig(**cfg, cart_share=0.5, catalog=50))
+    plain_events = [i.event for b in plain.batches() for i in b.items if i.kind == "valid"]
+    item_events = [i.event for b in items.batches() for i in b.items if i.kind == "valid"]
+    carts = [e for e in item_events if e["type"] == "add_to_cart"]
+    assert carts and all(e["item_id"].startswith("sku-") and e["campaign_id"] for e in carts)
+    clicks = [e for e in item_events if e["type"] == "click"]
+    assert 0.35 < len(carts) / len(clicks) < 0.55  # minus carts past the end of the run
+    assert all("item_id" in e for e in item_events if e["type"] != "purchase")
+    bought = [e for e in item_events if e["type"] == "purchase"]
+    assert bought and all(e["items"][0]["price"] == e["revenue"] for e in bought)
+    rejected = [e for e in item_events if not isinstance(check_event(e, 10**12), dict)]
+    assert not rejected, rejected[:3]
+    counted = Counter(e["type"] for e in item_events)
+    assert sum(v for (_, _, t), v in items.truth.counts.items() if t == "add_to_cart") == len(carts)
+    views = sum(1 for e in plain_events if e["type"] == "view")
+    assert abs(counted["view"] - views) < 0.01 * views
+    assert all(e["context"]["timezone"].count("/") == 1 for e in plain_events)

@@ -139,7 +139,8 @@ def test_check_event_not_object(value: object) -> None:
 def test_detail_format_matches_the_contract_example() -> None:
     result = rejected(make(CLICK, type="hover"))
     assert result.detail == (
-        "data.type must be one of ['view', 'click', 'purchase']: send a supported event type"
+        "data.type must be one of ['view', 'click', 'add_to_cart', 'purchase', 'identify']: "
+        "send a supported event type"
     )
 
 

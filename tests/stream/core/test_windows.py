@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -79,7 +80,7 @@ def test_purchase_without_campaign_takes_the_last_click() -> None:
     pw.add(event(1_000, "click", "spring"))
     key = pw.add({"type": "purchase", "ts": 2_000, "user_id": "u", "channel": "web", "revenue": 5})
     assert key == ("spring", "", "web")
-    assert pw.open[0][key] == [0, 1, 1, 5.0]
+    assert pw.open[0][key] == [0, 1, 1, 5.0, 0]
 
 
 # --- last clicks: bounded in event time, and forgetting them changes no count ---
@@ -162,3 +163,47 @@ def test_restored_clicks_are_swept_at_the_next_close() -> None:
     pw.restore_clicks([("old", [0, "c", "", "web"]), ("new", [10 * ATTRIBUTION, "c", "", "web"])])
     pw.close()
     assert set(pw.last_click) == {"new"}
+
+
+def test_add_to_cart_counts_as_a_cart_of_its_campaign() -> None:
+    pw = PartitionWindows(SIZE, GRACE, ATTRIBUTION)
+    key = pw.add({**event(1_000, "add_to_cart"), "item_id": "sku-9"})
+    assert key == ("c", "", "web") and pw.open[0][key] == [0, 0, 0, 0.0, 1]
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [
+        ({"type": "view", "item_id": "sku-9"}, "item"),
+        ({"type": "click", "item_id": "sku-9"}, "item"),
+        ({"type": "add_to_cart", "item_id": "sku-9"}, "item"),
+        ({"type": "identify", "anonymous_id": "a"}, "identify"),
+    ],
+)
+def test_events_outside_any_campaign_count_in_no_window_and_are_never_late(
+    extra: dict[str, Any], status: str
+) -> None:
+    pw = PartitionWindows(SIZE, GRACE, ATTRIBUTION)
+    pw.add(event(0))
+    pw.add(event(10 * SIZE))
+    assert pw.close()  # the first window is closed: a campaign event in it is late
+    assert pw.add(event(1)) == "late"
+    late = {"ts": 0, "channel": "web", "user_id": "u", **extra}
+    assert pw.add(late) == status
+    assert pw.add({**late, "ts": 11 * SIZE}) == status
+    assert pw.max_ts == 11 * SIZE  # they move event time on
+    assert all(key[0] == "c" for rows in pw.open.values() for key in rows)
+    assert "u" not in pw.last_click  # an item click is no campaign touch
+
+
+def test_state_of_a_release_without_carts_is_read() -> None:
+    old = {
+        "max_ts": 5,
+        "closed_until": 0,
+        "last_offset": 3,
+        "open": {"0": [["c", "", "web", 2, 1, 0, 0.0]]},
+    }
+    pw = PartitionWindows.from_state(old, SIZE, GRACE, ATTRIBUTION)
+    assert pw.open == {0: {("c", "", "web"): [2, 1, 0, 0.0, 0]}}
+    pw.add(event(1, "add_to_cart"))
+    assert pw.to_state()["open"]["0"] == [["c", "", "web", 2, 1, 0, 0.0, 1]]
