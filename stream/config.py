@@ -70,6 +70,7 @@ DEFAULTS: dict[str, str] = {
     "PULSE_RATE_LIMIT": "20000",
     "PULSE_CORS_ORIGINS": "*",
     "PULSE_COLLECTOR_ACK_TIMEOUT": "5s",
+    "PULSE_SEGMENT_MAPPING": "",
     "PULSE_WINDOW": "60s",
     "PULSE_GRACE": "30s",
     "PULSE_ATTRIBUTION_WINDOW": "24h",
@@ -132,6 +133,8 @@ class Settings:
     #: PULSE_COLLECTOR_ACK_TIMEOUT: the collector answers 503 when Kafka has not
     #: acknowledged a request's events within this many seconds
     collector_ack_timeout_s: float = 5.0
+    #: PULSE_SEGMENT_MAPPING: a YAML file merged over the packaged Segment mapping
+    segment_mapping: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -212,6 +215,7 @@ class Settings:
             transactions=boolean("PULSE_TRANSACTIONS"),
             cors_origins=tuple(o.strip() for o in v["PULSE_CORS_ORIGINS"].split(",") if o.strip()),
             collector_ack_timeout_s=duration("PULSE_COLLECTOR_ACK_TIMEOUT"),
+            segment_mapping=v["PULSE_SEGMENT_MAPPING"],
         )
 
     def group_instance_id(self) -> str:

@@ -52,10 +52,15 @@ CONTRACT_METRICS = frozenset(
         "pulse_model_drift_total",
         "pulse_event_lag_seconds",
         "pulse_trigger_latency_seconds",
+        "pulse_segment_unmapped_total",
     }
 )
 
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
+
+
+#: distinct Segment event names given their own ``pulse_segment_unmapped_total`` series
+MAX_UNMAPPED_NAMES = 100
 
 
 class PulseMetrics:
@@ -130,9 +135,16 @@ class PulseMetrics:
         )
         for reason in SETTINGS_REASONS:  # every bounded reason exported from the start, at 0
             self.settings_rejected.labels(reason)
+        self.segment_unmapped = PromCounter(
+            "pulse_segment_unmapped",
+            "Segment events with no mapping to a Pulse type (dropped)",
+            ["event"],
+            registry=r,
+        )
         self.clock = StageClock()  # the pipeline's stages add their CPU time to it
         r.register(StageCpu(self.clock))
         self._children: dict[tuple[str, ...], Any] = {}
+        self._unmapped_names = 0
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric._name, *labels)
@@ -201,6 +213,24 @@ class PulseMetrics:
     def count_invalid(self, reasons: Mapping[str, int]) -> None:
         for reason, n in reasons.items():
             self._child(self.invalid, reason).inc(n)
+
+    def count_segment_unmapped(self, names: Mapping[str, int]) -> None:
+        """Count dropped Segment events by name; past :data:`MAX_UNMAPPED_NAMES` distinct
+        names (names are chosen by trackers), the rest count as ``(other)``.
+
+        >>> m = PulseMetrics()
+        >>> m.count_segment_unmapped({"Signed Up": 2})
+        >>> m.registry.get_sample_value("pulse_segment_unmapped_total", {"event": "Signed Up"})
+        2.0
+        """
+        for name, n in names.items():
+            label = name[:100]
+            key = (self.segment_unmapped._name, label)
+            if key not in self._children and self._unmapped_names >= MAX_UNMAPPED_NAMES:
+                label = "(other)"
+            elif key not in self._children:
+                self._unmapped_names += 1
+            self._child(self.segment_unmapped, label).inc(n)
 
     def count_settings_rejected(self, reason: str) -> None:
         """One rejected ``pulse.campaigns`` value; ``reason`` is the setting at fault."""

@@ -160,6 +160,8 @@ class BodyResult:
     accepted: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    #: Segment event names dropped for want of a mapping (counted once Kafka acked)
+    unmapped: dict[str, int] = field(default_factory=dict)
 
     @property
     def reasons(self) -> dict[str, int]:

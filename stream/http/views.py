@@ -7,7 +7,7 @@ import logging
 import math
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,13 @@ from stream.core.collector import (
     RateLimiter,
     WriteKeys,
     body_key,
+    classify_items,
     classify_parsed,
     parse_body,
     presented_key,
 )
+from stream.core.ingest import dlq_record
+from stream.core.segment import KINDS, SEGMENT_MAX_BATCH, load_mapping, map_request
 from stream.kafka.writer import KafkaUnavailable
 from stream.runtime import Runtime
 
@@ -199,6 +202,7 @@ def register(app: faust.App, rt: Runtime) -> None:
                 {"Retry-After": "5"},
             )
         metrics.count_invalid(result.reasons)
+        metrics.count_segment_unmapped(result.unmapped)
         return reply(result)
 
     def accepted(result: BodyResult) -> web.Response:
@@ -213,6 +217,32 @@ def register(app: faust.App, rt: Runtime) -> None:
 
     async def collect(request: web.Request) -> web.Response:
         return await accept(request, classify_parsed, accepted)
+
+    segment_mapping = load_mapping(rt.settings.segment_mapping or None)
+
+    def segment_handler(kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """Segment's Tracking API at ``/v1/{kind}``: 200 ``{"success": true}`` once Kafka
+        acknowledged the mapped events and the DLQ records of rejected messages."""
+
+        def classify(parsed: Any, received_ms: int, body: bytes) -> BodyResult:
+            mapped = map_request(parsed, kind, segment_mapping, received_ms)
+            if isinstance(mapped, str):
+                return BodyResult(400, mapped)
+            result = classify_items(mapped.events, received_ms, body)
+            for index, reason, detail, raw in mapped.rejected:
+                result.errors.append({"index": index, "reason": reason, "detail": detail})
+                result.dlq.append((None, dlq_record(reason, detail, raw, received_ms)))
+            result.unmapped = mapped.unmapped
+            return result
+
+        async def segment(request: web.Request) -> web.Response:
+            return await accept(request, classify, segment_ok, SEGMENT_MAX_BATCH)
+
+        segment.__name__ = f"segment_{kind}"
+        return segment
+
+    def segment_ok(result: BodyResult) -> web.Response:
+        return _json(200, {"success": True})
 
     async def healthz(request: web.Request) -> web.Response:
         return _json(200, {"status": "ok"})
@@ -310,6 +340,7 @@ def register(app: faust.App, rt: Runtime) -> None:
     }
     for path, method, handler, cors in [
         ("/v1/events", "post", collect, collector_cors),
+        *((f"/v1/{kind}", "post", segment_handler(kind), collector_cors) for kind in KINDS),
         ("/healthz", "get", healthz, None),
         ("/readyz", "get", readyz, None),
         ("/metrics", "get", prometheus, None),

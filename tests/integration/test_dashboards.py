@@ -221,7 +221,8 @@ def has_data(answer: dict[str, Any]) -> bool:
 
 
 async def traffic(settings: Settings, url: str) -> dict[str, Any]:
-    """Cost models for the simulated campaigns, one attributed purchase, then the simulation.
+    """Cost models for the simulated campaigns, one attributed purchase, one unmapped Segment
+    event, then the simulation.
 
     Simulated purchases come 30 s or more after their click, later than this short
     run, so one click → purchase funnel is sent by hand for the purchase and revenue
@@ -243,6 +244,11 @@ async def traffic(settings: Settings, url: str) -> dict[str, Any]:
         for event in funnel:  # one request each: the purchase must follow its click
             r = await client.post("/v1/events", content=orjson.dumps(event))
             assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
+        # a Segment event with no mapping, for the dropped-events panel
+        unmapped = {"type": "track", "event": "Signed Up", "messageId": "dash-seg-1",
+                    "userId": "dash-user-2", "timestamp": "2026-01-01T00:00:00Z"}  # fmt: skip
+        r = await client.post("/v1/track", content=orjson.dumps(unmapped))
+        assert r.status_code == 200 and r.json() == {"success": True}, r.text
     return await run_simulation(
         settings, SIM, via="http", url=url, write_key="test-key", progress=False
     )

@@ -48,6 +48,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "transactions": True,
     "cors_origins": ("*",),
     "collector_ack_timeout_s": 5.0,
+    "segment_mapping": "",
 }
 
 
@@ -150,6 +151,12 @@ OVERRIDES: list[tuple[str, str, str, Any]] = [
         ("https://a.example", "https://b.example"),
     ),
     ("PULSE_COLLECTOR_ACK_TIMEOUT", "2500ms", "collector_ack_timeout_s", 2.5),
+    (
+        "PULSE_SEGMENT_MAPPING",
+        "/etc/pulse/segment.yaml",
+        "segment_mapping",
+        "/etc/pulse/segment.yaml",
+    ),
 ]
 
 
