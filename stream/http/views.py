@@ -316,6 +316,31 @@ def register(app: faust.App, rt: Runtime) -> None:
     async def index(request: web.Request) -> web.Response:
         return web.Response(text=page, content_type="text/html")
 
+    import gzip  # here, with the one handler that needs them
+    import hashlib
+
+    tracker = (Path(__file__).parent / "static" / "pulse.js").read_bytes()
+    tracker_gz = gzip.compress(tracker, 9, mtime=0)
+    tracker_tag = hashlib.sha256(tracker).hexdigest()[:32]
+
+    async def pulse_js(request: web.Request) -> web.Response:
+        """The browser tracker: cacheable for 5 minutes, strong ETag, 304 when unchanged."""
+        gz = "gzip" in request.headers.get("Accept-Encoding", "").lower()
+        etag = f'"{tracker_tag}-gz"' if gz else f'"{tracker_tag}"'  # one tag per encoding
+        headers = {"Cache-Control": "public, max-age=300", "ETag": etag, "Vary": "Accept-Encoding"}
+        asked = request.headers.get("If-None-Match", "")
+        tags = {t.strip().removeprefix("W/") for t in asked.split(",")}
+        if etag in tags or "*" in tags:
+            return web.Response(status=304, headers=headers)
+        if gz:
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(
+            body=tracker_gz if gz else tracker,
+            headers=headers,
+            content_type="application/javascript",
+            charset="utf-8",
+        )
+
     def view(handler: Any) -> Any:
         """A Faust view method that counts the response status."""
 
@@ -349,6 +374,7 @@ def register(app: faust.App, rt: Runtime) -> None:
         ("/v1/models/propensity/score", "post", score, None),
         ("/v1/campaigns/{campaign_id}", "get", campaign, None),
         ("/", "get", index, None),
+        ("/v1/pulse.js", "get", pulse_js, None),
     ]:
         cls = type(f"View_{handler.__name__}", (faust.web.View,), {method: view(handler)})
         app.page(path, name=f"pulse-{handler.__name__}", cors_options=cors)(cls)
