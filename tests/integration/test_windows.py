@@ -109,13 +109,14 @@ async def test_windows_exact_once_late_and_attribution(make_worker, worker_env, 
     expected = truth([e for e in PART0 + PART1 if e["event_id"] != "p1-noattr"], ATTRIBUTION)
     got = await final_records(kafka.bootstrap, topic(env, "metrics"), len(expected))
     assert set(got) == set(expected)
-    for key, (views, clicks, purchases, revenue) in expected.items():
+    for key, (views, clicks, purchases, revenue, carts) in expected.items():
         r = got[key]
-        assert (r["views"], r["clicks"], r["purchases"], r["revenue"]) == (
+        assert (r["views"], r["clicks"], r["purchases"], r["revenue"], r["carts"]) == (
             views,
             clicks,
             purchases,
             revenue,
+            carts,
         ), key
         assert r["window_end"] == r["window_start"] + 10_000
         assert r["ctr"] == (clicks / views if views else None)
@@ -166,6 +167,7 @@ async def test_restart_continues_without_reset_or_double_count(
     second.wait_metric("pulse_events_duplicate_total", 3)
     expected = truth(PART0, {})
     got = await final_records(kafka.bootstrap, topic(env, "metrics"), len(expected))
-    assert {k: [r["views"], r["clicks"], r["purchases"], r["revenue"]] for k, r in got.items()} == {
-        k: list(v) for k, v in expected.items()
-    }
+    assert {
+        k: [r["views"], r["clicks"], r["purchases"], r["revenue"], r["carts"]]
+        for k, r in got.items()
+    } == {k: list(v) for k, v in expected.items()}
