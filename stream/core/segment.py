@@ -355,7 +355,9 @@ def map_request(parsed: Any, kind: str, mapping: SegmentMapping, received_ms: in
     ``kind`` is the path's last segment (a key of :data:`KINDS`). Returns an error
     text (for a 400) when the body is not a Segment request at all. On ``/v1/batch``
     each message's ``type`` says which call it is, and the batch's ``sentAt`` (and
-    ``context``, merged under the message's own) apply to its messages. Never raises.
+    ``context``, merged under the message's own) apply to its messages. A message's own
+    ``writeKey`` (analytics.js repeats it in each) is never copied, not even to the DLQ
+    bytes. Never raises.
     """
     call = KINDS.get(kind)
     if call is None:
@@ -411,6 +413,9 @@ def _map_one(
     received_ms: int,
     out: Mapped,
 ) -> None:
+    if isinstance(message, dict) and "writeKey" in message:
+        # analytics.js repeats the key in every message of a batch: keep it out of the DLQ
+        message = {k: v for k, v in message.items() if k != "writeKey"}
     raw = _dumps(message)
     where = f"batch[{index}]" if call == "batch" else "message"
     if not isinstance(message, dict):

@@ -520,6 +520,15 @@ def test_a_long_message_id_becomes_a_stable_short_one() -> None:
     assert a["event_id"].startswith("seg-")
 
 
+def test_a_write_key_in_a_message_is_never_copied() -> None:
+    """analytics.js's batches repeat ``writeKey`` in every message."""
+    good = msg(properties={"promotion_id": "c"}, writeKey="wk_secret")
+    bad = msg(messageId=None, writeKey="wk_secret")
+    out = map_request({"batch": [good, bad]}, "b", MAPPING, 0)
+    assert isinstance(out, Mapped) and len(out.events) == 1 and len(out.rejected) == 1
+    assert b"wk_secret" not in orjson.dumps(out.events) + out.rejected[0][3]
+
+
 def test_message_over_32kb_is_too_large() -> None:
     big = msg(properties={"promotion_id": "c", "blob": "x" * SEGMENT_MAX_MESSAGE})
     small = msg(properties={"promotion_id": "c"}, messageId="m2")
