@@ -71,6 +71,8 @@ DEFAULTS: dict[str, str] = {
     "PULSE_CORS_ORIGINS": "*",
     "PULSE_COLLECTOR_ACK_TIMEOUT": "5s",
     "PULSE_SEGMENT_MAPPING": "",
+    "PULSE_READ_KEYS": "",
+    "PULSE_METRICS_KEY": "",
     "PULSE_WINDOW": "60s",
     "PULSE_GRACE": "30s",
     "PULSE_ATTRIBUTION_WINDOW": "24h",
@@ -135,6 +137,10 @@ class Settings:
     collector_ack_timeout_s: float = 5.0
     #: PULSE_SEGMENT_MAPPING: a YAML file merged over the packaged Segment mapping
     segment_mapping: str = ""
+    #: PULSE_READ_KEYS: keys of the read side (none: it answers on loopback only)
+    read_keys: tuple[str, ...] = field(default=(), repr=False)
+    #: PULSE_METRICS_KEY: the bearer key GET /metrics asks for (empty: open)
+    metrics_key: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -181,6 +187,13 @@ class Settings:
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
 
+        write_keys = tuple(k.strip() for k in v["PULSE_WRITE_KEYS"].split(",") if k.strip())
+        read_keys = tuple(k.strip() for k in v["PULSE_READ_KEYS"].split(",") if k.strip())
+        if set(write_keys) & set(read_keys):
+            raise ValueError(
+                "PULSE_READ_KEYS and PULSE_WRITE_KEYS share a key: a write key (public in "
+                "web pages) must never read; use different keys"
+            )
         return cls(
             kafka_bootstrap=v["PULSE_KAFKA_BOOTSTRAP"],
             kafka_security_protocol=v["PULSE_KAFKA_SECURITY_PROTOCOL"].upper(),
@@ -191,7 +204,7 @@ class Settings:
             app_id=v["PULSE_APP_ID"],
             web_host=v["PULSE_WEB_HOST"],
             web_port=integer("PULSE_WEB_PORT"),
-            write_keys=tuple(k.strip() for k in v["PULSE_WRITE_KEYS"].split(",") if k.strip()),
+            write_keys=write_keys,
             rate_limit=number("PULSE_RATE_LIMIT"),
             window_s=duration("PULSE_WINDOW"),
             grace_s=duration("PULSE_GRACE"),
@@ -216,6 +229,8 @@ class Settings:
             cors_origins=tuple(o.strip() for o in v["PULSE_CORS_ORIGINS"].split(",") if o.strip()),
             collector_ack_timeout_s=duration("PULSE_COLLECTOR_ACK_TIMEOUT"),
             segment_mapping=v["PULSE_SEGMENT_MAPPING"],
+            read_keys=read_keys,
+            metrics_key=v["PULSE_METRICS_KEY"].strip(),
         )
 
     def group_instance_id(self) -> str:

@@ -53,6 +53,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         env["PULSE_KAFKA_BOOTSTRAP"] = broker.bootstrap
     key = env.get("PULSE_WRITE_KEYS", "").split(",")[0].strip() or f"demo-{secrets.token_hex(8)}"
     env.setdefault("PULSE_WRITE_KEYS", key)
+    read_key = env.get("PULSE_READ_KEYS", "").split(",")[0].strip() or (
+        f"demo-read-{secrets.token_hex(8)}"
+    )
+    env.setdefault("PULSE_READ_KEYS", read_key)
     env.setdefault("PULSE_WINDOW", "10s")
     env.setdefault("PULSE_GRACE", "5s")
     settings = Settings.from_env(env)
@@ -64,7 +68,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             wait_ready(url, worker)
         except WorkerNotReady as exc:
             raise PulseError(f"{exc}; its output is above") from None
-        print(f"\nPulse is live: {url}/   (write key: {key})", flush=True)
+        print(f"\nPulse is live: {url}/   (write key: {key}, read key: {read_key})", flush=True)
+        print("The live page asks for the read key once per tab.", flush=True)
         print("Metrics at /metrics; send your own events with", flush=True)
         print(f"  curl -H 'Authorization: Bearer {key}' -d @event.json {url}/v1/events", flush=True)
         print("Ctrl-C stops everything.\n", flush=True)

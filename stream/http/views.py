@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import hashlib
+import ipaddress
 import logging
 import math
 import time
@@ -99,11 +102,66 @@ class RedactBadRequests(logging.Filter):
         return True
 
 
+def is_loopback(remote: str | None) -> bool:
+    """Whether a peer address is this host's loopback (IPv4, IPv6 or IPv4-mapped).
+
+    >>> is_loopback("127.0.0.1"), is_loopback("::1"), is_loopback("::ffff:127.0.0.5")
+    (True, True, True)
+    >>> is_loopback("10.0.0.7"), is_loopback(None), is_loopback("unix")
+    (False, False, False)
+    """
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
 def register(app: faust.App, rt: Runtime) -> None:
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, RedactBadRequests) for f in server_log.filters):
         server_log.addFilter(RedactBadRequests())
     keys = WriteKeys(rt.settings.write_keys)
+    read_keys = WriteKeys(rt.settings.read_keys)
+    metrics_key = WriteKeys([rt.settings.metrics_key]) if rt.settings.metrics_key else None
+    if not rt.settings.read_keys:
+        log.warning(
+            "PULSE_READ_KEYS is empty: the read side (/v1/campaigns, /v1/models, the live "
+            "page's data) answers on loopback only; set read keys to serve it to other hosts"
+        )
+
+    def may_read(request: web.Request) -> web.Response | None:
+        """None when ``request`` may use the read side, else the refusal."""
+        if rt.settings.read_keys:
+            if read_keys.match(request.headers.get("Authorization")) is not None:
+                return None
+            return _error(
+                401,
+                "missing or unknown read key: send 'Authorization: Bearer <key>' with a key "
+                "from PULSE_READ_KEYS (write keys do not read)",
+                {"WWW-Authenticate": 'Bearer realm="pulse-read"'},
+            )
+        if is_loopback(request.remote):
+            return None
+        return _error(
+            403,
+            "the read side answers on loopback only while PULSE_READ_KEYS is empty: set "
+            "read keys on the worker and send one as 'Authorization: Bearer <key>'",
+        )
+
+    def may_scrape(request: web.Request) -> web.Response | None:
+        """None when ``request`` may read /metrics (open unless PULSE_METRICS_KEY is set)."""
+        if metrics_key is None or metrics_key.match(request.headers.get("Authorization")):
+            return None
+        return _error(
+            401,
+            "GET /metrics needs 'Authorization: Bearer <PULSE_METRICS_KEY>' "
+            "(Prometheus: authorization.credentials in the scrape config)",
+            {"WWW-Authenticate": 'Bearer realm="pulse-metrics"'},
+        )
+
     limiter = RateLimiter(rt.settings.rate_limit)
     metrics = rt.metrics
     events_topic = rt.settings.topic("events")
@@ -314,10 +372,11 @@ def register(app: faust.App, rt: Runtime) -> None:
         )
 
     async def index(request: web.Request) -> web.Response:
-        return web.Response(text=page, content_type="text/html")
-
-    import gzip  # here, with the one handler that needs them
-    import hashlib
+        """The live page; it asks for a read key (kept in sessionStorage) when one is
+        needed: read keys are configured, or the page is not loaded over loopback."""
+        needs_key = bool(rt.settings.read_keys) or not is_loopback(request.remote)
+        body = page.replace('<body data-read="open">', '<body data-read="key">', 1)
+        return web.Response(text=body if needs_key else page, content_type="text/html")
 
     tracker = (Path(__file__).parent / "static" / "pulse.js").read_bytes()
     tracker_gz = gzip.compress(tracker, 9, mtime=0)
@@ -341,11 +400,12 @@ def register(app: faust.App, rt: Runtime) -> None:
             charset="utf-8",
         )
 
-    def view(handler: Any) -> Any:
-        """A Faust view method that counts the response status."""
+    def view(handler: Any, guard: Callable[[web.Request], web.Response | None] | None) -> Any:
+        """A Faust view method that checks ``guard`` first and counts the response status."""
 
         async def wrapped(self: Any, request: web.Request, **kw: Any) -> web.Response:
-            response = await handler(request)
+            refused = guard(request) if guard is not None else None
+            response = refused if refused is not None else await handler(request)
             metrics.count_http(response.status)
             return response
 
@@ -363,18 +423,20 @@ def register(app: faust.App, rt: Runtime) -> None:
         )
         for origin in rt.settings.cors_origins
     }
-    for path, method, handler, cors in [
-        ("/v1/events", "post", collect, collector_cors),
-        *((f"/v1/{kind}", "post", segment_handler(kind), collector_cors) for kind in KINDS),
-        ("/healthz", "get", healthz, None),
-        ("/readyz", "get", readyz, None),
-        ("/metrics", "get", prometheus, None),
-        ("/v1/campaigns", "get", campaigns, None),
-        ("/v1/models", "get", models, None),
-        ("/v1/models/propensity/score", "post", score, None),
-        ("/v1/campaigns/{campaign_id}", "get", campaign, None),
-        ("/", "get", index, None),
-        ("/v1/pulse.js", "get", pulse_js, None),
-    ]:
-        cls = type(f"View_{handler.__name__}", (faust.web.View,), {method: view(handler)})
+    routes: list[tuple[str, str, Any, Any, Any]] = [
+        # path, method, handler, CORS options, guard
+        ("/v1/events", "post", collect, collector_cors, None),
+        *((f"/v1/{kind}", "post", segment_handler(kind), collector_cors, None) for kind in KINDS),
+        ("/healthz", "get", healthz, None, None),
+        ("/readyz", "get", readyz, None, None),
+        ("/metrics", "get", prometheus, None, may_scrape),
+        ("/v1/campaigns", "get", campaigns, None, may_read),
+        ("/v1/models", "get", models, None, may_read),
+        ("/v1/models/propensity/score", "post", score, None, may_read),
+        ("/v1/campaigns/{campaign_id}", "get", campaign, None, may_read),
+        ("/", "get", index, None, None),
+        ("/v1/pulse.js", "get", pulse_js, None, None),
+    ]
+    for path, method, handler, cors, guard in routes:
+        cls = type(f"View_{handler.__name__}", (faust.web.View,), {method: view(handler, guard)})
         app.page(path, name=f"pulse-{handler.__name__}", cors_options=cors)(cls)

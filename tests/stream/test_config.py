@@ -49,6 +49,8 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "cors_origins": ("*",),
     "collector_ack_timeout_s": 5.0,
     "segment_mapping": "",
+    "read_keys": (),
+    "metrics_key": "",
 }
 
 
@@ -157,7 +159,14 @@ OVERRIDES: list[tuple[str, str, str, Any]] = [
         "segment_mapping",
         "/etc/pulse/segment.yaml",
     ),
+    ("PULSE_READ_KEYS", " r1 ,r2", "read_keys", ("r1", "r2")),
+    ("PULSE_METRICS_KEY", "m1", "metrics_key", "m1"),
 ]
+
+
+def test_a_key_cannot_both_write_and_read() -> None:
+    with pytest.raises(ValueError, match="a write key .* must never read"):
+        Settings.from_env({"PULSE_WRITE_KEYS": "a,b", "PULSE_READ_KEYS": "b"})
 
 
 def test_overrides_cover_every_variable() -> None:
