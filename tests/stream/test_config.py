@@ -165,7 +165,7 @@ OVERRIDES: list[tuple[str, str, str, Any]] = [
 
 
 def test_a_key_cannot_both_write_and_read() -> None:
-    with pytest.raises(ValueError, match="a write key .* must never read"):
+    with pytest.raises(ValueError, match=r"a write key .* must never read"):
         Settings.from_env({"PULSE_WRITE_KEYS": "a,b", "PULSE_READ_KEYS": "b"})
 
 
