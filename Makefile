@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test test-unit test-kafka4 lint typecheck check bench quality soak clean deps
 
 # Debian packages the tests need: a real Prometheus (tests/integration/test_dashboards.py)
-# and headless Chromium with its driver. Installed by `make deps` when missing.
+# and headless Chromium with its driver. Installed by `make deps` when missing; so are
+# Node.js and npm (pulse.js's logic tests, Segment's analytics-node client) when `node`
+# or `npm` is not on PATH (a NodeSource nodejs package brings both).
 DEB_PACKAGES ?= prometheus chromium chromium-driver
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
@@ -28,7 +30,8 @@ deps:
 	  dpkg-query -W -f='$${Status}\n' "$$p" 2>/dev/null | grep -qx 'install ok installed' \
 	    || missing="$$missing $$p"; \
 	done; \
-	if [ -z "$$missing" ]; then echo "deps: $(DEB_PACKAGES) installed"; exit 0; fi; \
+	command -v node >/dev/null && command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	if [ -z "$$missing" ]; then echo "deps: $(DEB_PACKAGES) node npm installed"; exit 0; fi; \
 	command -v apt-get >/dev/null || { echo "deps: no apt-get; install$$missing by hand"; exit 1; }; \
 	lists=$$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' 2>/dev/null | head -n 1); \
 	echo "deps: installing$$missing"; \

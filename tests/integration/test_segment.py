@@ -398,7 +398,11 @@ def node_client() -> Path:
     """``@segment/analytics-node`` installed once under ~/.cache/pulse/npm; its module path."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        pytest.skip("node and npm are needed for @segment/analytics-node (Debian: nodejs npm)")
+        pytest.fail(
+            "node and npm are needed for @segment/analytics-node: run `make deps` "
+            "(it installs nodejs and npm when missing)",
+            pytrace=False,
+        )
     module = NPM_CACHE / "node_modules" / "@segment" / "analytics-node"
     if not (module / "package.json").exists():
         NPM_CACHE.mkdir(parents=True, exist_ok=True)
