@@ -93,6 +93,9 @@ DEFAULTS: dict[str, str] = {
     "PULSE_KAFKA_CACHE": "~/.cache/pulse/kafka",
     "PULSE_WORKER_ID": "",
     "PULSE_TRANSACTIONS": "true",
+    "PULSE_DELIVERY": "",
+    "PULSE_DELIVERY_SCHEDULE": "",
+    "PULSE_DELIVER_PORT": "6067",
 }
 
 
@@ -141,6 +144,12 @@ class Settings:
     read_keys: tuple[str, ...] = field(default=(), repr=False)
     #: PULSE_METRICS_KEY: the bearer key GET /metrics asks for (empty: open)
     metrics_key: str = field(default="", repr=False)
+    #: PULSE_DELIVERY: the webhook endpoints YAML of `pulse deliver`
+    delivery: str = ""
+    #: PULSE_DELIVERY_SCHEDULE: retry waits overriding the YAML's (e.g. ``5s,5m,30m``)
+    delivery_schedule: str = ""
+    #: PULSE_DELIVER_PORT: `pulse deliver`'s /metrics, /healthz and /readyz
+    deliver_port: int = 6067
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -231,6 +240,9 @@ class Settings:
             segment_mapping=v["PULSE_SEGMENT_MAPPING"],
             read_keys=read_keys,
             metrics_key=v["PULSE_METRICS_KEY"].strip(),
+            delivery=v["PULSE_DELIVERY"],
+            delivery_schedule=v["PULSE_DELIVERY_SCHEDULE"],
+            deliver_port=integer("PULSE_DELIVER_PORT"),
         )
 
     def group_instance_id(self) -> str:

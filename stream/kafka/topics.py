@@ -100,6 +100,8 @@ TOPICS: dict[str, dict[str, str]] = {
     "events.dlq": {},
     "metrics": {},
     "triggers": {},
+    "triggers.retry": {},  # `pulse deliver`: tries scheduled for later
+    "triggers.dlq": {},  # `pulse deliver`: triggers given up on
     "campaigns": {"cleanup.policy": "compact"},
     "erasures": {"cleanup.policy": "compact"},  # `pulse erase` requests, co-partitioned with events
 }

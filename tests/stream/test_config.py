@@ -51,6 +51,9 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "segment_mapping": "",
     "read_keys": (),
     "metrics_key": "",
+    "delivery": "",
+    "delivery_schedule": "",
+    "deliver_port": 6067,
 }
 
 
@@ -161,6 +164,9 @@ OVERRIDES: list[tuple[str, str, str, Any]] = [
     ),
     ("PULSE_READ_KEYS", " r1 ,r2", "read_keys", ("r1", "r2")),
     ("PULSE_METRICS_KEY", "m1", "metrics_key", "m1"),
+    ("PULSE_DELIVERY", "/etc/pulse/delivery.yaml", "delivery", "/etc/pulse/delivery.yaml"),
+    ("PULSE_DELIVERY_SCHEDULE", "1s,5s", "delivery_schedule", "1s,5s"),
+    ("PULSE_DELIVER_PORT", "7067", "deliver_port", 7067),
 ]
 
 
