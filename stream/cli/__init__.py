@@ -11,10 +11,21 @@ import logging
 import os
 import sys
 
-from stream.cli import backtest, broker, campaign, demo, erase, replay, report, simulate, worker
+from stream.cli import (
+    backtest,
+    broker,
+    campaign,
+    deliver,
+    demo,
+    erase,
+    replay,
+    report,
+    simulate,
+    worker,
+)
 from stream.core.errors import PulseError
 
-COMMANDS = (broker, worker, demo, simulate, campaign, replay, erase, backtest, report)
+COMMANDS = (broker, worker, demo, simulate, campaign, replay, erase, backtest, report, deliver)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,368 @@
+"""``pulse deliver`` against a real receiver, killed twice, with one endpoint down throughout.
+
+The receiver (aiohttp, in the test) verifies every request with the
+``standardwebhooks`` library, fails a seeded share of requests (500, a timeout,
+429 with Retry-After, a connection reset; at most twice per webhook-id) and
+dedupes on webhook-id. A second endpoint, for ``campaign.pause`` only, refuses
+connections until the replay at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from stream.tools.broker import KafkaBroker, free_port
+from tests.integration.conftest import ROOT, deployment_env
+from tests.integration.helpers import consume_all, produce
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+NEW = "whsec_" + base64.b64encode(b"pulse-test-new-secret-0123").decode()
+OLD = "whsec_" + base64.b64encode(b"pulse-test-old-secret-0123").decode()
+ACTIONS = ["campaign.pause", "campaign.alert", "user.send_offer", "campaign.decrease_bid"]
+N_TRIGGERS = 240
+BATCHES = 12
+SCHEDULE = "0.5s,1s,2s,3s"  # 5 tries, at most 6.5 s of waits
+TRIES = 5
+TIMEOUT_S = 1.5  # the deliverer's request timeout; the receiver's slow answers take longer
+
+
+class Receiver:
+    """Verifies, fails a seeded share, dedupes on webhook-id; records what it saw."""
+
+    def __init__(self, secret: str, seed: int, fail_share: float) -> None:
+        self.webhook = Webhook(secret)
+        self.rng = random.Random(seed)
+        self.fail_share = fail_share
+        self.requests = 0
+        self.bad_signatures = 0
+        self.duplicates = 0
+        self.accepted: dict[str, float] = {}  # webhook-id -> accepted at (epoch s)
+        self.created: dict[str, int] = {}
+        self.failures: Counter[str] = Counter()
+        self.failed_ids: Counter[str] = Counter()
+        self.runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        body = await request.read()
+        try:
+            trigger = self.webhook.verify(body, dict(request.headers))
+        except WebhookVerificationError:
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        msg_id = request.headers["webhook-id"]
+        assert msg_id == trigger["trigger_id"]
+        if self.failed_ids[msg_id] < 2 and self.rng.random() < self.fail_share:
+            self.failed_ids[msg_id] += 1
+            kind = self.rng.choice(["500", "timeout", "429", "reset"])
+            self.failures[kind] += 1
+            if kind == "500":
+                return web.Response(status=500)
+            if kind == "429":
+                return web.Response(status=429, headers={"Retry-After": "1"})
+            if kind == "timeout":
+                await asyncio.sleep(TIMEOUT_S + 1)
+                return web.Response(status=503)
+            assert request.transport is not None
+            request.transport.abort()  # connection reset, no response
+            return web.Response(status=500)
+        if msg_id in self.accepted:
+            self.duplicates += 1
+            return web.Response(status=200)
+        self.accepted[msg_id] = time.time()
+        self.created[msg_id] = trigger["created_at"]
+        return web.Response(status=204)
+
+    async def start(self, port: int) -> None:
+        app = web.Application()
+        app.router.add_post("/hooks/{name}", self.handle)
+        self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", port).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    def latencies(self, ids: set[str]) -> list[float]:
+        return sorted(self.accepted[i] - self.created[i] / 1000 for i in ids if i in self.accepted)
+
+
+def pct(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+class Deliver:
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env, self.logs = env, logs
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = int(env["PULSE_DELIVER_PORT"])
+        self.starts = 0
+
+    async def start(self) -> None:
+        log = open(self.logs / f"deliver-{self.starts}.log", "ab")  # noqa: SIM115
+        self.starts += 1
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "deliver"],
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient(timeout=2) as client:
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, f"pulse deliver exited:\n{self.tail()}"
+                try:
+                    r = await client.get(f"http://127.0.0.1:{self.port}/readyz")
+                    if r.status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise AssertionError(f"pulse deliver not ready:\n{self.tail()}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        }
+
+    def tail(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace")[-3000:] for p in sorted(self.logs.glob("deliver-*.log"))
+        )
+
+
+def make_triggers(batch: int, per_batch: int) -> list[dict[str, Any]]:
+    now = int(time.time() * 1000)
+    out = []
+    for i in range(per_batch):
+        n = batch * per_batch + i
+        action = ACTIONS[n % len(ACTIONS)]
+        target: dict[str, str] = {"campaign_id": f"c{n % 7}"}
+        if action.startswith("user."):
+            target["user_id"] = f"u{n}"
+        out.append(
+            {
+                "trigger_id": f"rule:{n}:{now}",
+                "action": action,
+                "rule": "rule",
+                "target": target,
+                "reason": f"test trigger {n}",
+                "evidence": {"n": n},
+                "params": {},
+                "created_at": now,
+            }
+        )
+    return out
+
+
+async def wait_until(check: Any, timeout_s: float, what: str, tail: Any) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{tail()}")
+        await asyncio.sleep(0.25)
+
+
+async def test_deliver_through_failures_kills_and_a_down_endpoint(
+    kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    live_port, down_port, metrics_port = free_port(), free_port(), free_port()
+    live_url = f"http://127.0.0.1:{live_port}/hooks/live"
+    down_url = f"http://127.0.0.1:{down_port}/hooks/down"
+    config = tmp_path / "delivery.yaml"
+    config.write_text(
+        orjson.dumps(
+            {
+                "endpoints": [
+                    {"url": live_url, "actions": ["*"], "secrets": [NEW, OLD]},
+                    {"url": down_url, "actions": ["campaign.pause"], "secret": NEW},
+                ],
+                "timeout": TIMEOUT_S,
+                "concurrency": 8,
+            }
+        ).decode()
+    )
+    env = deployment_env(
+        kafka.bootstrap,
+        tmp_path,
+        PULSE_DELIVERY=str(config),
+        PULSE_DELIVERY_SCHEDULE=SCHEDULE,
+        PULSE_DELIVER_PORT=str(metrics_port),
+        PULSE_WORKER_ID="d0",
+    )
+    bootstrap = kafka.bootstrap
+    triggers_topic = env["PULSE_TOPIC_PREFIX"] + "triggers"
+    dlq_topic = env["PULSE_TOPIC_PREFIX"] + "triggers.dlq"
+    live = Receiver(OLD, seed=14, fail_share=0.25)  # verifies with the old of two secrets
+    await live.start(live_port)
+    deliver = Deliver(env, tmp_path)
+    try:
+        await deliver.start()
+        t0 = time.monotonic()
+        per_batch = N_TRIGGERS // BATCHES
+        sent: list[dict[str, Any]] = []
+        kills = 0
+        for b in range(BATCHES):
+            batch = make_triggers(b, per_batch)
+            sent += batch
+            records = [(t["target"]["campaign_id"].encode(), orjson.dumps(t)) for t in batch]
+            await produce(bootstrap, triggers_topic, records)
+            if b in (3, 7):  # kill -9 mid-run, restart at once
+                await asyncio.sleep(0.3)
+                deliver.kill()
+                kills += 1
+                await deliver.start()
+            else:
+                await asyncio.sleep(0.4)
+        all_ids = {t["trigger_id"] for t in sent}
+        pause_ids = {t["trigger_id"] for t in sent if t["action"] == "campaign.pause"}
+
+        await wait_until(
+            lambda: all_ids <= set(live.accepted), 90, "every trigger at the live endpoint",
+            deliver.tail,
+        )  # fmt: skip
+        delivered_s = time.monotonic() - t0
+
+        dead: dict[str, dict[str, Any]] = {}
+
+        def dead_lettered() -> bool:
+            return pause_ids <= set(dead)
+
+        deadline = time.monotonic() + 60
+        dlq_rows: list[dict[str, Any]] = []
+        while not dead_lettered():
+            assert time.monotonic() < deadline, f"DLQ incomplete\n{deliver.tail()}"
+            dlq_rows = [orjson.loads(v) for _, v in await consume_all(bootstrap, dlq_topic)]
+            dead = {r["trigger"]["trigger_id"]: r for r in dlq_rows}
+            if not dead_lettered():
+                await asyncio.sleep(1)
+        dlq_s = time.monotonic() - t0
+        final_metrics = deliver.metrics()
+
+        # every DLQ record: the down endpoint, after the whole schedule, a network error
+        assert {r["endpoint"] for r in dlq_rows} == {down_url}
+        assert set(dead) == pause_ids
+        assert len(dlq_rows) <= 2 * len(pause_ids)  # re-reads after kill -9 fork no chains
+        for r in dlq_rows:
+            assert r["reason"] == "exhausted" and r["attempts"] == TRIES, r
+            assert str(r["last_status"]).startswith("network"), r
+            assert set(r) == {
+                "trigger",
+                "endpoint",
+                "reason",
+                "attempts",
+                "last_status",
+                "failed_at",
+            }
+            assert r["failed_at"] - r["trigger"]["created_at"] >= 1500  # waited its schedule
+        assert live.bad_signatures == 0
+        assert set(live.accepted) == all_ids  # each webhook-id accepted exactly once (a dict)
+
+        # the down endpoint does not delay the live endpoint's deliveries
+        lat_pause = live.latencies(pause_ids)
+        lat_other = live.latencies(all_ids - pause_ids)
+        lat_all = live.latencies(all_ids)
+        first_try = {i for i in all_ids if live.failed_ids[i] == 0}
+        lat_first_pause = live.latencies(first_try & pause_ids)
+        lat_first_other = live.latencies(first_try - pause_ids)
+        p50_pause, p50_other = (
+            statistics.median(lat_first_pause),
+            statistics.median(lat_first_other),
+        )
+        assert p50_pause <= p50_other + 0.5, (p50_pause, p50_other)
+
+        # replay the DLQ once the endpoint is up: --action that matches nothing first
+        down = Receiver(NEW, seed=0, fail_share=0.0)
+        await down.start(down_port)
+        try:
+            none = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "stream.cli", "deliver", "replay", "--from-dlq",
+                 "--action", "user.*"],
+                env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert none.returncode == 0 and "replayed 0 " in none.stdout, none.stdout + none.stderr
+            assert down.requests == 0
+            replay = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "stream.cli", "deliver", "replay", "--from-dlq",
+                 "--action", "campaign.*"],
+                env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert replay.returncode == 0, replay.stdout + replay.stderr
+            assert set(down.accepted) == pause_ids and down.bad_signatures == 0
+            assert down.duplicates == 0  # DLQ repeats (a crash) are sent once
+        finally:
+            await down.stop()
+
+        live_attempts = live.requests
+        down_attempts = sum(r["attempts"] for r in dead.values())
+        retried = live_attempts - len(all_ids) + down_attempts - len(pause_ids)
+        m_sum = Counter[str]()
+        for (name, labels), value in final_metrics.items():
+            if name == "pulse_deliveries_total":
+                m_sum[dict(labels)["outcome"]] += int(value)
+            if name == "pulse_delivery_attempts_total":
+                m_sum["attempts"] += int(value)
+        print(
+            f"\ndelivery: {len(all_ids)} triggers ({len(pause_ids)} also to the down endpoint), "
+            f"{kills} kill -9 of pulse deliver\n"
+            f"  live endpoint: {live_attempts} attempts, {len(live.accepted)} accepted, "
+            f"{live.duplicates} duplicates dropped by dedupe, 0 accepted twice, "
+            f"{live.bad_signatures} bad signatures; injected failures {dict(live.failures)}\n"
+            f"  down endpoint: {down_attempts} attempts, {len(dead)} dead-lettered "
+            f"({len(dlq_rows)} DLQ records), all after {TRIES} tries; replay delivered "
+            f"{len(down.accepted)}\n"
+            f"  retries: {retried}; all delivered {delivered_s:.1f}s, DLQ complete "
+            f"{dlq_s:.1f}s after the first trigger\n"
+            f"  latency created->accepted (s): all p50 {pct(lat_all, 0.5):.2f} "
+            f"p99 {pct(lat_all, 0.99):.2f}; campaign.pause p50 {pct(lat_pause, 0.5):.2f} "
+            f"p99 {pct(lat_pause, 0.99):.2f}; others p50 {pct(lat_other, 0.5):.2f} "
+            f"p99 {pct(lat_other, 0.99):.2f}; first-try only: pause p50 {p50_pause:.2f}, "
+            f"others p50 {p50_other:.2f}\n"
+            f"  last process's metrics (since its restart): {dict(m_sum)}"
+        )
+        assert m_sum["attempts"] > 0 and m_sum["delivered"] > 0
+    finally:
+        deliver.stop()
+        await live.stop()
+        if os.environ.get("PULSE_TEST_KEEP_LOGS"):
+            print(deliver.tail())
