@@ -32,6 +32,10 @@ EXTRA_METRICS = {
     "pulse_consumer_lag",
     "pulse_commit_latency_seconds",
     "pulse_campaign_settings_rejected_total",
+    # exported by `pulse deliver` (its own process and port), not by the worker
+    "pulse_deliveries_total",
+    "pulse_delivery_latency_seconds",
+    "pulse_delivery_attempts_total",
 }
 RANGE_WINDOWS = {"$__rate_interval", "1m"}
 
