@@ -43,13 +43,17 @@ revoked. So:
   10 h of retries, held as small sleeping tasks. Reading stops while more than
   ``MAX_PENDING`` records are unfinished.
 
-Re-reading must not fork a chain of tries into two. Retry and DLQ records are
-keyed ``trigger_id|endpoint``, so one partition holds a chain in order. While
-reading, the highest attempt read per chain is remembered; a retry record whose
-chain has a later attempt read by the time it is due is superseded and
-dropped, and a re-read trigger is not tried again at an endpoint whose chain
-is already in hand. Left over after a crash: at most one extra try per chain
-and record in flight, and a DLQ record that may appear twice.
+Re-reading must not fork a chain of tries, nor repeat its end. Retry and DLQ
+records are keyed ``trigger_id|endpoint``, so one partition holds a chain in
+order, and a chain that ends after a retry (delivered or dead-lettered) gets an
+end marker there (``"done": true``). While a chain's records are in hand the
+highest attempt read is remembered: a retry record whose chain has a later
+attempt or its end marker read is dropped when due, and a re-read trigger is
+not tried again at an endpoint whose chain is in hand. After an assignment, the
+retry records of a partition wait until it has been read to its end offset of
+that moment, so the later records and markers are known before any try. Left
+over after a crash: first tries whose offsets were not committed yet are sent
+again, and a record written just before the kill may appear twice.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ import random
 import signal
 import socket
 import time
+from collections import Counter as Tally
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -95,6 +100,8 @@ log = logging.getLogger(__name__)
 #: unfinished records (triggers and retries) above which reading pauses
 MAX_PENDING = 20_000
 COMMIT_INTERVAL_S = 0.5
+#: ``latest`` of a chain whose end marker was read
+CHAIN_DONE = 1 << 30
 LATENCY_BUCKETS = (
     0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 7200, 18000, 36000, 86400,
 )  # fmt: skip
@@ -235,8 +242,14 @@ class Deliverer:
         self.retry_topic = s.topic("triggers.retry")
         self.dlq_topic = s.topic("triggers.dlq")
         self.tracker = OffsetTracker()
-        #: chain key (trigger id | endpoint) -> the highest retry attempt read and not finished
+        #: chain key (trigger id | endpoint) -> the highest retry attempt read (CHAIN_DONE once
+        #: its end marker is read), while records of the chain are in hand
         self.latest: dict[str, int] = {}
+        self.in_hand: Tally[str] = Tally()
+        #: retry partitions being re-read after assignment: set once at their end offset then
+        self.caught_up: dict[TopicPartition, asyncio.Event] = {}
+        self.catch_up_to: dict[TopicPartition, int] = {}
+        self.new_retry_partitions: set[TopicPartition] = set()
         self.tasks: dict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)
         self.ready = False
         self.consumer: AIOKafkaConsumer | None = None
@@ -264,6 +277,8 @@ class Deliverer:
             lat = latency_s(trigger, now_ms)
             if lat is not None:
                 self.metrics.latency.labels(action).observe(lat)
+            if attempt > 1:
+                await self._chain_done(trigger, endpoint, attempt, response.last_status)
             return
         if d.kind == "retry":
             record = retry_record(
@@ -279,10 +294,23 @@ class Deliverer:
         record = dlq_record(trigger, endpoint.url, d.reason, attempt, response.last_status, now_ms)
         await self._write(self.dlq_topic, chain_key(trigger, endpoint.url), record)
         self.metrics.deliveries.labels(action, "dead_lettered").inc()
+        if attempt > 1:
+            await self._chain_done(trigger, endpoint, attempt, response.last_status)
         log.warning(
             "%s to %s dead-lettered after %d tries (%s, last %s)",
             msg_id, endpoint.url, attempt, d.reason, response.last_status,
         )  # fmt: skip
+
+    async def _chain_done(
+        self, trigger: dict[str, Any], endpoint: Endpoint, attempt: int, last_status: Any
+    ) -> None:
+        """Mark a chain of retries finished on the retry topic, so that its records, re-read
+        after a restart, are dropped instead of tried again."""
+        marker = retry_record(
+            {"trigger_id": trigger.get("trigger_id")}, endpoint.url, attempt, 0, last_status
+        )
+        marker["done"] = True
+        await self._write(self.retry_topic, chain_key(trigger, endpoint.url), marker)
 
     async def _write(self, topic: str, key: str, record: dict[str, Any]) -> None:
         """Write and wait for Kafka's acknowledgement (retrying while Kafka is away)."""
@@ -306,7 +334,7 @@ class Deliverer:
         ]  # fmt: skip
         await asyncio.gather(*(self._try(trigger, value, e, 1) for e in endpoints))
 
-    async def _handle_retry(self, record: dict[str, Any], key: str) -> None:
+    async def _handle_retry(self, record: dict[str, Any], key: str, tp: TopicPartition) -> None:
         trigger = record["trigger"]
         attempt = record["attempt"]
         try:
@@ -324,12 +352,17 @@ class Deliverer:
             wait_s = (record["due_ms"] - time.time() * 1000) / 1000
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
+            caught_up = self.caught_up.get(tp)
+            if caught_up is not None:  # after a restart: read what follows it first
+                await caught_up.wait()
             if self.latest.get(key, 0) > attempt:
-                return  # superseded: a later try of this chain was read (re-read after a restart)
+                return  # superseded: a later try of this chain, or its end, was read
             await self._try(trigger, orjson.dumps(trigger), endpoint, attempt)
         finally:
-            if self.latest.get(key) == attempt:
-                del self.latest[key]
+            self.in_hand[key] -= 1
+            if self.in_hand[key] <= 0:
+                del self.in_hand[key]
+                self.latest.pop(key, None)
 
     def _spawn(self, tp: TopicPartition, offset: int, value: bytes | None) -> None:
         self.tracker.add(tp, offset)
@@ -346,8 +379,14 @@ class Deliverer:
                 self.tracker.done(tp, offset)
                 return
             key = chain_key(record["trigger"], record["endpoint"])
+            if record.get("done"):  # the chain ended: drop its records still in hand
+                if key in self.in_hand:
+                    self.latest[key] = CHAIN_DONE
+                self.tracker.done(tp, offset)
+                return
             self.latest[key] = max(self.latest.get(key, 0), record["attempt"])
-            handler = self._handle_retry(record, key)
+            self.in_hand[key] += 1
+            handler = self._handle_retry(record, key, tp)
         task = asyncio.get_running_loop().create_task(handler)
         tasks = self.tasks[tp]
         tasks.add(task)
@@ -390,8 +429,16 @@ class Deliverer:
                     for task in deliverer.tasks.pop(tp, set()):
                         task.cancel()  # the new owner re-reads from the committed offset
                 deliverer.tracker.drop(revoked)
+                for tp in revoked:
+                    deliverer.caught_up.pop(tp, None)
+                    deliverer.catch_up_to.pop(tp, None)
+                    deliverer.new_retry_partitions.discard(tp)
 
             async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+                for tp in assigned:
+                    if tp.topic == deliverer.retry_topic and tp not in deliverer.caught_up:
+                        deliverer.caught_up[tp] = asyncio.Event()
+                        deliverer.new_retry_partitions.add(tp)
                 deliverer.ready = True
                 log.info(
                     "deliver: assigned %s", sorted(f"{t.topic}:{t.partition}" for t in assigned)
@@ -427,6 +474,7 @@ class Deliverer:
                     for tp, messages in batches.items():
                         for m in messages:
                             self._spawn(tp, m.offset, m.value)
+                    await self._catch_up()
                 if time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
                     await self.commit()
                     last_commit = time.monotonic()
@@ -435,6 +483,30 @@ class Deliverer:
             await self.consumer.stop()
             await self.writer.stop()
             await self.sender.close()
+
+    async def _catch_up(self) -> None:
+        """Release the retry records of a partition once it is read to its end offset at
+        assignment: a chain's later record or end marker is then in hand before any try."""
+        assert self.consumer is not None
+        if self.new_retry_partitions:
+            tps = sorted(self.new_retry_partitions, key=lambda t: t.partition)
+            self.new_retry_partitions.clear()
+            try:
+                self.catch_up_to.update(await self.consumer.end_offsets(tps))
+            except KafkaError as exc:
+                log.warning("end offsets of %s: %r; retrying", tps, exc)
+                self.new_retry_partitions.update(tps)
+                return
+        for tp, end in list(self.catch_up_to.items()):
+            try:
+                position = await self.consumer.position(tp)
+            except (KafkaError, AssertionError, ValueError):
+                continue  # not assigned any more, or no position yet
+            if position >= end:
+                del self.catch_up_to[tp]
+                event = self.caught_up.get(tp)
+                if event is not None:
+                    event.set()
 
     async def _drain(self, timeout_s: float = 10.0) -> None:
         """On shutdown: let tries in flight end (waiting retries are cancelled), commit."""

@@ -26,12 +26,15 @@ import httpx
 import orjson
 import pytest
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from stream.tools.broker import KafkaBroker, free_port
+from tests.deploy.promql import dashboard_expressions
 from tests.integration.conftest import ROOT, deployment_env
 from tests.integration.helpers import consume_all, produce
+from tests.integration.test_dashboards import Prometheus, has_data, prometheus_binary
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -43,6 +46,11 @@ BATCHES = 12
 SCHEDULE = "0.5s,1s,2s,3s"  # 5 tries, at most 6.5 s of waits
 TRIES = 5
 TIMEOUT_S = 1.5  # the deliverer's request timeout; the receiver's slow answers take longer
+DELIVERY_METRICS = {
+    "pulse_deliveries_total",
+    "pulse_delivery_latency_seconds",
+    "pulse_delivery_attempts_total",
+}
 
 
 class Receiver:
@@ -59,6 +67,9 @@ class Receiver:
         self.created: dict[str, int] = {}
         self.failures: Counter[str] = Counter()
         self.failed_ids: Counter[str] = Counter()
+        self.requests_by_id: Counter[str] = Counter()
+        self.told_to_wait: dict[str, float] = {}  # webhook-id -> when a 429 said Retry-After: 1
+        self.waited: list[float] = []  # seconds from such a 429 to the next request of the id
         self.runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -71,6 +82,9 @@ class Receiver:
             return web.Response(status=401)
         msg_id = request.headers["webhook-id"]
         assert msg_id == trigger["trigger_id"]
+        self.requests_by_id[msg_id] += 1
+        if msg_id in self.told_to_wait:
+            self.waited.append(time.time() - self.told_to_wait.pop(msg_id))
         if self.failed_ids[msg_id] < 2 and self.rng.random() < self.fail_share:
             self.failed_ids[msg_id] += 1
             kind = self.rng.choice(["500", "timeout", "429", "reset"])
@@ -78,6 +92,7 @@ class Receiver:
             if kind == "500":
                 return web.Response(status=500)
             if kind == "429":
+                self.told_to_wait[msg_id] = time.time()
                 return web.Response(status=429, headers={"Retry-After": "1"})
             if kind == "timeout":
                 await asyncio.sleep(TIMEOUT_S + 1)
@@ -193,6 +208,26 @@ def make_triggers(batch: int, per_batch: int) -> list[dict[str, Any]]:
     return out
 
 
+async def produce_in_transaction(
+    bootstrap: str, name: str, records: list[tuple[bytes, bytes]], commit: bool
+) -> None:
+    """As Pulse writes triggers: in a Kafka transaction, committed or aborted."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, transactional_id=f"test-deliver-{time.time_ns()}"
+    )
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        for key, value in records:
+            await (await producer.send(name, key=key, value=value))
+        if commit:
+            await producer.commit_transaction()
+        else:
+            await producer.abort_transaction()
+    finally:
+        await producer.stop()
+
+
 async def wait_until(check: Any, timeout_s: float, what: str, tail: Any) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -234,8 +269,15 @@ async def test_deliver_through_failures_kills_and_a_down_endpoint(
     live = Receiver(OLD, seed=14, fail_share=0.25)  # verifies with the old of two secrets
     await live.start(live_port)
     deliver = Deliver(env, tmp_path)
+    binary = prometheus_binary()
+    prom: Prometheus | None = None
     try:
         await deliver.start()
+        if binary is not None:  # scrapes pulse deliver through the kills, for the panels
+            (tmp_path / "prometheus").mkdir()
+            prom = Prometheus(binary, f"127.0.0.1:{metrics_port}", tmp_path / "prometheus")
+            prom.start()
+            await asyncio.to_thread(prom.wait_target_up)
         t0 = time.monotonic()
         per_batch = N_TRIGGERS // BATCHES
         sent: list[dict[str, Any]] = []
@@ -244,7 +286,19 @@ async def test_deliver_through_failures_kills_and_a_down_endpoint(
             batch = make_triggers(b, per_batch)
             sent += batch
             records = [(t["target"]["campaign_id"].encode(), orjson.dumps(t)) for t in batch]
-            await produce(bootstrap, triggers_topic, records)
+            if b % 2:  # half plainly, half in committed transactions (as the worker writes)
+                await produce(bootstrap, triggers_topic, records)
+            else:
+                await produce_in_transaction(bootstrap, triggers_topic, records, commit=True)
+            if b == 5:  # an aborted transaction: read_committed never sees its triggers
+                aborted = make_triggers(100 + b, 10)
+                for t in aborted:
+                    t["trigger_id"] = "aborted:" + t["trigger_id"]
+                    t["action"] = "campaign.pause"
+                await produce_in_transaction(
+                    bootstrap, triggers_topic,
+                    [(b"c0", orjson.dumps(t)) for t in aborted], commit=False,
+                )  # fmt: skip
             if b in (3, 7):  # kill -9 mid-run, restart at once
                 await asyncio.sleep(0.3)
                 deliver.kill()
@@ -295,6 +349,9 @@ async def test_deliver_through_failures_kills_and_a_down_endpoint(
             assert r["failed_at"] - r["trigger"]["created_at"] >= 1500  # waited its schedule
         assert live.bad_signatures == 0
         assert set(live.accepted) == all_ids  # each webhook-id accepted exactly once (a dict)
+        assert not any(i.startswith("aborted:") for i in live.requests_by_id)
+        # Retry-After: 1 was honoured (a kill -9 may re-send a trigger sooner)
+        assert live.waited and statistics.median(live.waited) >= 0.95, live.waited
 
         # the down endpoint does not delay the live endpoint's deliveries
         lat_pause = live.latencies(pause_ids)
@@ -333,6 +390,17 @@ async def test_deliver_through_failures_kills_and_a_down_endpoint(
         finally:
             await down.stop()
 
+        panels: list[str] = []
+        if prom is not None:  # the Webhook delivery panels' PromQL on the real scrape
+            await asyncio.sleep(2)
+            for e in dashboard_expressions():
+                if e.base_metrics & DELIVERY_METRICS:
+                    answer = await asyncio.to_thread(prom.query, e.expr)
+                    assert answer.get("status") == "success", (e.describe(), answer)
+                    assert has_data(answer), f"{e.describe()}: no data for {e.expr}"
+                    panels.append(e.describe())
+            assert len(panels) >= 5, panels
+
         live_attempts = live.requests
         down_attempts = sum(r["attempts"] for r in dead.values())
         retried = live_attempts - len(all_ids) + down_attempts - len(pause_ids)
@@ -358,11 +426,18 @@ async def test_deliver_through_failures_kills_and_a_down_endpoint(
             f"p99 {pct(lat_pause, 0.99):.2f}; others p50 {pct(lat_other, 0.5):.2f} "
             f"p99 {pct(lat_other, 0.99):.2f}; first-try only: pause p50 {p50_pause:.2f}, "
             f"others p50 {p50_other:.2f}\n"
-            f"  last process's metrics (since its restart): {dict(m_sum)}"
+            f"  last process's metrics (since its restart): {dict(m_sum)}\n"
+            f"  Retry-After 1 s: next try after p50 {statistics.median(live.waited):.2f}s "
+            f"(min {min(live.waited):.2f}s, {len(live.waited)} cases); 10 triggers of an "
+            f"aborted transaction never sent\n"
+            f"  dashboard delivery expressions with data on a real Prometheus: "
+            + (f"{len(panels)}" if prom is not None else "skipped (no prometheus binary)")
         )
         assert m_sum["attempts"] > 0 and m_sum["delivered"] > 0
     finally:
         deliver.stop()
+        if prom is not None:
+            prom.stop()
         await live.stop()
         if os.environ.get("PULSE_TEST_KEEP_LOGS"):
             print(deliver.tail())
