@@ -390,6 +390,49 @@ def decide(
     return Decision("retry", due_ms=now_ms + int(wait * 1000))
 
 
+@dataclass
+class Circuit:
+    """Per endpoint: after ``threshold`` failed tries in a row (no response, 5xx), send
+    nothing for ``cooldown_s``; those tries fail at once (and go on through the schedule).
+
+    So an endpoint that hangs until the timeout costs as little as one that refuses
+    connections, and its requests in flight never pile up.
+
+    >>> c = Circuit(threshold=2, cooldown_s=5)
+    >>> c.record(False, 0.0); c.allow(0.1)
+    True
+    >>> c.record(False, 0.2); c.allow(0.3), c.allow(5.3)
+    (False, True)
+    >>> c.record(True, 5.4); c.failures
+    0
+    """
+
+    threshold: int = 16
+    cooldown_s: float = 5.0
+    failures: int = 0
+    open_until: float = 0.0
+
+    def allow(self, now: float) -> bool:
+        return now >= self.open_until
+
+    def record(self, ok: bool, now: float) -> None:
+        if ok:
+            self.failures = 0
+            return
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.open_until = now + self.cooldown_s
+
+
+def counts_against_circuit(status: int | None) -> bool:
+    """No response or a 5xx: the endpoint is failing (4xx, 408 and 429 answer, so they do not).
+
+    >>> [counts_against_circuit(s) for s in (None, 503, 429, 404, 200)]
+    [True, True, False, False, False]
+    """
+    return status is None or status >= 500
+
+
 # --- records on pulse.triggers.retry and pulse.triggers.dlq ------------------------------
 
 

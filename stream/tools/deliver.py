@@ -81,10 +81,12 @@ from stream.config import Settings
 from stream.core.delivery import (
     ACTIONS,
     OUTCOMES,
+    Circuit,
     DeliveryConfig,
     Endpoint,
     action_label,
     classify,
+    counts_against_circuit,
     decide,
     dlq_record,
     latency_s,
@@ -164,6 +166,9 @@ class Sender:
         self.config = config
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
+        self._circuits = {
+            e.url: Circuit(threshold=2 * config.concurrency) for e in config.endpoints
+        }
         for e in config.endpoints:
             limits = httpx.Limits(
                 max_connections=config.concurrency, max_keepalive_connections=config.concurrency
@@ -174,17 +179,25 @@ class Sender:
             self._slots[e.url] = asyncio.Semaphore(config.concurrency)
 
     async def post(self, endpoint: Endpoint, msg_id: str, body: bytes) -> Response:
+        """One signed POST; fails at once while the endpoint's circuit is open (checked
+        again once a slot is free, so a queue built while it hung drains quickly)."""
+        circuit = self._circuits[endpoint.url]
         async with self._slots[endpoint.url]:
-            headers = sign_headers(endpoint, msg_id, body, time.time())
-            try:
-                r = await self._clients[endpoint.url].post(
-                    endpoint.url, content=body, headers=headers
-                )
-            except httpx.TimeoutException as exc:
-                return Response(None, f"timeout: {type(exc).__name__}")
-            except httpx.HTTPError as exc:
-                return Response(None, f"network: {type(exc).__name__}: {exc}"[:300])
-            return Response(r.status_code, retry_after=r.headers.get("retry-after"))
+            if not circuit.allow(time.monotonic()):
+                return Response(None, "circuit open: the endpoint kept failing, no request sent")
+            response = await self._post(endpoint, msg_id, body)
+        circuit.record(not counts_against_circuit(response.status), time.monotonic())
+        return response
+
+    async def _post(self, endpoint: Endpoint, msg_id: str, body: bytes) -> Response:
+        headers = sign_headers(endpoint, msg_id, body, time.time())
+        try:
+            r = await self._clients[endpoint.url].post(endpoint.url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            return Response(None, f"timeout: {type(exc).__name__}")
+        except httpx.HTTPError as exc:
+            return Response(None, f"network: {type(exc).__name__}: {exc}"[:300])
+        return Response(r.status_code, retry_after=r.headers.get("retry-after"))
 
     async def close(self) -> None:
         for client in self._clients.values():

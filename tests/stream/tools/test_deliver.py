@@ -50,3 +50,52 @@ def test_metrics_have_every_bounded_series_from_the_start() -> None:
 
 def test_chain_key() -> None:
     assert chain_key({"trigger_id": "t1"}, "https://x/h") == "t1|https://x/h"
+
+
+async def test_a_hanging_endpoint_opens_its_circuit_and_stops_costing_time() -> None:
+    """An endpoint that accepts connections and never answers: after 2 x concurrency
+    timeouts the remaining tries fail at once, without a request (no broker needed)."""
+    import asyncio
+    import time
+
+    from aiohttp import web
+
+    from stream.core.delivery import parse_config
+    from stream.tools.broker import free_port
+    from stream.tools.deliver import Sender
+
+    hits = 0
+
+    async def hang(_: web.Request) -> web.Response:
+        nonlocal hits
+        hits += 1
+        await asyncio.sleep(30)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/h", hang)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    key = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    config = parse_config(
+        {
+            "endpoints": [{"url": f"http://127.0.0.1:{port}/h", "actions": ["*"], "secret": key}],
+            "concurrency": 2,
+            "timeout": "0.3s",
+        }
+    )
+    sender = Sender(config)
+    try:
+        t0 = time.monotonic()
+        answers = await asyncio.gather(
+            *(sender.post(config.endpoints[0], f"t{i}", b"{}") for i in range(40))
+        )
+        elapsed = time.monotonic() - t0
+    finally:
+        await sender.close()
+        await runner.cleanup()
+    errors = [a.error.split(":")[0] for a in answers]
+    assert errors.count("timeout") == 4 and errors.count("circuit open") == 36, errors
+    assert hits == 4 and elapsed < 1.5, (hits, elapsed)  # 40 x 0.3 s / 2 = 6 s without it
