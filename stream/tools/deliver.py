@@ -259,6 +259,8 @@ class Deliverer:
         #: its end marker is read), while records of the chain are in hand
         self.latest: dict[str, int] = {}
         self.in_hand: Tally[str] = Tally()
+        #: retry tasks not yet due (cancelled at once on shutdown)
+        self.waiting: set[asyncio.Task[Any] | None] = set()
         #: retry partitions being re-read after assignment: set once at their end offset then
         self.caught_up: dict[TopicPartition, asyncio.Event] = {}
         self.catch_up_to: dict[TopicPartition, int] = {}
@@ -362,12 +364,17 @@ class Deliverer:
                 action = action_label(trigger.get("action"))
                 self.metrics.deliveries.labels(action, "dead_lettered").inc()
                 return
-            wait_s = (record["due_ms"] - time.time() * 1000) / 1000
-            if wait_s > 0:
-                await asyncio.sleep(wait_s)
-            caught_up = self.caught_up.get(tp)
-            if caught_up is not None:  # after a restart: read what follows it first
-                await caught_up.wait()
+            task = asyncio.current_task()
+            self.waiting.add(task)
+            try:
+                wait_s = (record["due_ms"] - time.time() * 1000) / 1000
+                if wait_s > 0:
+                    await asyncio.sleep(wait_s)
+                caught_up = self.caught_up.get(tp)
+                if caught_up is not None:  # after a restart: read what follows it first
+                    await caught_up.wait()
+            finally:
+                self.waiting.discard(task)
             if self.latest.get(key, 0) > attempt:
                 return  # superseded: a later try of this chain, or its end, was read
             await self._try(trigger, orjson.dumps(trigger), endpoint, attempt)
@@ -523,7 +530,10 @@ class Deliverer:
 
     async def _drain(self, timeout_s: float = 10.0) -> None:
         """On shutdown: let tries in flight end (waiting retries are cancelled), commit."""
-        waiting = [t for tasks in self.tasks.values() for t in tasks]
+        for task in list(self.waiting):
+            if task is not None:
+                task.cancel()
+        waiting = [t for tasks in self.tasks.values() for t in tasks if not t.done()]
         if waiting:
             await asyncio.wait(waiting, timeout=timeout_s)
         for t in waiting:

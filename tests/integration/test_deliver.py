@@ -161,7 +161,9 @@ class Deliver:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
 
-    def stop(self) -> None:
+    def stop(self) -> tuple[int | None, float]:
+        """SIGTERM; the exit code and the seconds it took."""
+        t0 = time.monotonic()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -169,6 +171,7 @@ class Deliver:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        return (self.proc.returncode if self.proc else None), time.monotonic() - t0
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
@@ -434,6 +437,9 @@ async def test_deliver_through_failures_kills_and_a_down_endpoint(
             + (f"{len(panels)}" if prom is not None else "skipped (no prometheus binary)")
         )
         assert m_sum["attempts"] > 0 and m_sum["delivered"] > 0
+        code, took = deliver.stop()
+        print(f"  SIGTERM: pulse deliver exited {code} in {took:.1f}s")
+        assert code == 0 and took < 15, (code, took, deliver.tail())
     finally:
         deliver.stop()
         if prom is not None:
