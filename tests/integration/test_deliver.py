@@ -36,7 +36,8 @@ from tests.integration.conftest import ROOT, deployment_env
 from tests.integration.helpers import consume_all, produce
 from tests.integration.test_dashboards import Prometheus, has_data, prometheus_binary
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+#: kafka4: static group membership through kill -9, read_committed over aborted transactions
+pytestmark = [pytest.mark.integration, pytest.mark.kafka4, pytest.mark.timeout(240)]
 
 NEW = "whsec_" + base64.b64encode(b"pulse-test-new-secret-0123").decode()
 OLD = "whsec_" + base64.b64encode(b"pulse-test-old-secret-0123").decode()
