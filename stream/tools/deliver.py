@@ -197,6 +197,9 @@ class Sender:
             return Response(None, f"timeout: {type(exc).__name__}")
         except httpx.HTTPError as exc:
             return Response(None, f"network: {type(exc).__name__}: {exc}"[:300])
+        except Exception as exc:  # e.g. a header the HTTP library refuses: retried, logged
+            log.warning("POST to %s failed: %r", endpoint.url, exc)
+            return Response(None, f"error: {type(exc).__name__}: {exc}"[:300])
         return Response(r.status_code, retry_after=r.headers.get("retry-after"))
 
     async def close(self) -> None:
@@ -270,6 +273,9 @@ class Deliverer:
         self.consumer: AIOKafkaConsumer | None = None
         self.writer = EventWriter(s)
         self.sender: Sender | None = None
+        #: an unexpected error of a delivery task: the process stops (its offset is not
+        #: committed, so the record is delivered again after a restart)
+        self.failure: BaseException | None = None
 
     # --- one try -------------------------------------------------------------------
 
@@ -339,7 +345,12 @@ class Deliverer:
             trigger = orjson.loads(value) if value is not None else None
         except orjson.JSONDecodeError:
             trigger = None
-        if not isinstance(trigger, dict) or not isinstance(trigger.get("action"), str):
+        if (
+            not isinstance(trigger, dict)
+            or not isinstance(trigger.get("action"), str)
+            or not isinstance(trigger.get("trigger_id"), str)
+            or not trigger["trigger_id"]
+        ):
             log.warning("skipping a record of %s that is not a trigger", self.triggers_topic)
             return
         assert value is not None
@@ -416,8 +427,9 @@ class Deliverer:
             if t.cancelled():
                 return
             exc = t.exception()
-            if exc is not None:  # a bug: leave the offset unfinished (redelivered on restart)
+            if exc is not None:  # a bug: stop, so the unfinished record is redelivered
                 log.error("delivering %s@%d failed", tp, offset, exc_info=exc)
+                self.failure = self.failure or exc
                 return
             self.tracker.done(tp, offset)
 
@@ -487,6 +499,8 @@ class Deliverer:
         last_commit = time.monotonic()
         try:
             while not stop.is_set():
+                if self.failure is not None:
+                    raise RuntimeError("a delivery task failed (see the log)") from self.failure
                 if self.tracker.total >= MAX_PENDING:
                     await asyncio.sleep(0.1)
                 else:

@@ -99,3 +99,23 @@ async def test_a_hanging_endpoint_opens_its_circuit_and_stops_costing_time() -> 
     errors = [a.error.split(":")[0] for a in answers]
     assert errors.count("timeout") == 4 and errors.count("circuit open") == 36, errors
     assert hits == 4 and elapsed < 1.5, (hits, elapsed)  # 40 x 0.3 s / 2 = 6 s without it
+
+
+async def test_records_that_are_not_triggers_are_skipped() -> None:
+    """Skipped before any I/O: the deliverer here has no HTTP sender and no Kafka writer."""
+    from stream.config import Settings
+    from stream.core.delivery import parse_config
+    from stream.tools.deliver import Deliverer
+
+    config = parse_config(
+        {
+            "endpoints": [
+                {"url": "http://127.0.0.1:9/h", "actions": ["*"],
+                 "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
+            ]
+        }
+    )  # fmt: skip
+    d = Deliverer(Settings.from_env({}), config, DeliveryMetrics())
+    for value in (None, b"not json", b"[1]", b'{"action": "campaign.pause"}',
+                  b'{"action": "campaign.pause", "trigger_id": ""}'):  # fmt: skip
+        await d._handle_trigger(value)  # would fail on the missing sender if it tried
