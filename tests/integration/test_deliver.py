@@ -69,11 +69,20 @@ class Receiver:
         self.failures: Counter[str] = Counter()
         self.failed_ids: Counter[str] = Counter()
         self.requests_by_id: Counter[str] = Counter()
+        self.in_flight = self.max_in_flight = 0
         self.told_to_wait: dict[str, float] = {}  # webhook-id -> when a 429 said Retry-After: 1
         self.waited: list[float] = []  # seconds from such a 429 to the next request of the id
         self.runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._handle(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         body = await request.read()
         try:
@@ -352,6 +361,8 @@ async def test_deliver_through_failures_kills_and_a_down_endpoint(
             }
             assert r["failed_at"] - r["trigger"]["created_at"] >= 1500  # waited its schedule
         assert live.bad_signatures == 0
+        assert live.max_in_flight <= 8  # the endpoint's concurrency (a killed process's
+        # requests end with its connections: the receiver cancels their handlers)
         assert set(live.accepted) == all_ids  # each webhook-id accepted exactly once (a dict)
         assert not any(i.startswith("aborted:") for i in live.requests_by_id)
         # Retry-After: 1 was honoured (a kill -9 may re-send a trigger sooner)
@@ -419,7 +430,8 @@ async def test_deliver_through_failures_kills_and_a_down_endpoint(
             f"{kills} kill -9 of pulse deliver\n"
             f"  live endpoint: {live_attempts} attempts, {len(live.accepted)} accepted, "
             f"{live.duplicates} duplicates dropped by dedupe, 0 accepted twice, "
-            f"{live.bad_signatures} bad signatures; injected failures {dict(live.failures)}\n"
+            f"{live.bad_signatures} bad signatures; injected failures {dict(live.failures)}; "
+            f"at most {live.max_in_flight} requests in flight\n"
             f"  down endpoint: {down_attempts} attempts, {len(dead)} dead-lettered "
             f"({len(dlq_rows)} DLQ records), all after {TRIES} tries; replay delivered "
             f"{len(down.accepted)}\n"
