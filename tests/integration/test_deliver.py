@@ -418,7 +418,10 @@ async def test_deliver_through_failures_kills_and_a_down_endpoint(
 
         live_attempts = live.requests
         down_attempts = sum(r["attempts"] for r in dead.values())
-        retried = live_attempts - len(all_ids) + down_attempts - len(pause_ids)
+        live_retries = sum(live.failures.values())  # each failed request is tried again
+        down_retries = down_attempts - len(pause_ids)
+        # requests whose answer the kills cut short (neither accepted, failed nor repeats)
+        cut = live_attempts - len(all_ids) - live_retries - live.duplicates
         m_sum = Counter[str]()
         for (name, labels), value in final_metrics.items():
             if name == "pulse_deliveries_total":
@@ -435,7 +438,10 @@ async def test_deliver_through_failures_kills_and_a_down_endpoint(
             f"  down endpoint: {down_attempts} attempts, {len(dead)} dead-lettered "
             f"({len(dlq_rows)} DLQ records), all after {TRIES} tries; replay delivered "
             f"{len(down.accepted)}\n"
-            f"  retries: {retried}; all delivered {delivered_s:.1f}s, DLQ complete "
+            f"  retries: {live_retries} at the live endpoint, {down_retries} at the down one; "
+            f"{live.duplicates} re-sent after being accepted (the duplicates), {cut} cut by "
+            "the kills\n"
+            f"  all delivered {delivered_s:.1f}s, DLQ complete "
             f"{dlq_s:.1f}s after the first trigger\n"
             f"  latency created->accepted (s): all p50 {pct(lat_all, 0.5):.2f} "
             f"p99 {pct(lat_all, 0.99):.2f}; campaign.pause p50 {pct(lat_pause, 0.5):.2f} "
