@@ -21,13 +21,15 @@ on ``pulse.triggers.dlq`` (410, another final 4xx, or the last try failed),
 acknowledged. A try never sleeps in place: waiting happens only for records of
 the retry topic, in their own task, so a slow or dead endpoint holds neither
 its partition nor other endpoints (each endpoint has its own bounded pool of
-``concurrency`` requests in flight).
+``concurrency`` requests in flight, and a circuit: after ``2 x concurrency``
+failed tries in a row its tries fail at once for 5 s, so an endpoint that hangs
+until the timeout costs no more than one that refuses connections).
 
 Offsets
 -------
 A record is *finished* once every endpoint's try has ended as above. Per
 partition, the committed offset is the lowest offset not yet finished (all
-records before it are), committed about once a second and when partitions are
+records before it are), committed every 0.5 s and when partitions are
 revoked. So:
 
 * kill -9 at any moment re-reads at most the unfinished records and those
@@ -36,12 +38,12 @@ revoked. So:
   dedupes the DLQ on trigger and endpoint);
 * a retry record not yet due is not finished, so its offset — and with it the
   offsets after it on that retry partition — stays uncommitted: after a
-  restart those records are read again and held until due. Records behind it
-  that were already handled are handled again (another try: a duplicate the
-  receiver drops). The retry topic therefore re-reads at most the records
-  behind the oldest one still waiting; with the default schedule that is up to
-  10 h of retries, held as small sleeping tasks. Reading stops while more than
-  ``MAX_PENDING`` records are unfinished.
+  restart those records are read again and held until due; records behind it
+  that were already handled are recognised as below. The retry topic therefore
+  re-reads at most the records behind the oldest one still waiting; with the
+  default schedule that is up to 10 h of retries, held as small sleeping
+  tasks. Reading (of both topics) pauses while more than ``MAX_PENDING``
+  records are unfinished.
 
 Re-reading must not fork a chain of tries, nor repeat its end. Retry and DLQ
 records are keyed ``trigger_id|endpoint``, so one partition holds a chain in
