@@ -458,6 +458,15 @@ class Deliverer:
 
         class Listener(ConsumerRebalanceListener):
             async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+                # retries not yet due are dropped (the new owner re-reads them); tries in
+                # flight may end for a few seconds, so that they are not sent twice
+                tasks = [t for tp in revoked for t in deliverer.tasks.get(tp, ())]
+                for task in tasks:
+                    if task in deliverer.waiting:
+                        task.cancel()
+                busy = [t for t in tasks if not t.done()]
+                if busy:
+                    await asyncio.wait(busy, timeout=min(deliverer.config.timeout_s, 5.0))
                 await deliverer.commit()
                 for tp in revoked:
                     for task in deliverer.tasks.pop(tp, set()):
@@ -486,12 +495,14 @@ class Deliverer:
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
             group_id=f"{s.app_id}-deliver",
-            group_instance_id=f"{s.app_id}-deliver-{instance}",
+            group_instance_id=f"{s.app_id}-deliver-{instance}-{s.deliver_port}",
             client_id=f"{s.app_id}-deliver",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
-            session_timeout_ms=30_000,
+            # a static member does not leave on stop: its partitions move to the others
+            # after this timeout (a restart with the same id takes them back at once)
+            session_timeout_ms=10_000,
             **s.kafka_client_kwargs(),
         )
         self.sender = Sender(self.config)

@@ -456,7 +456,7 @@ async def test_deliver_through_failures_kills_and_a_down_endpoint(
             + (f"{len(panels)}" if prom is not None else "skipped (no prometheus binary)")
         )
         assert m_sum["attempts"] > 0 and m_sum["delivered"] > 0
-        code, took = deliver.stop()
+        code, took = await asyncio.to_thread(deliver.stop)
         print(f"  SIGTERM: pulse deliver exited {code} in {took:.1f}s")
         assert code == 0 and took < 15, (code, took, deliver.tail())
     finally:
@@ -466,3 +466,70 @@ async def test_deliver_through_failures_kills_and_a_down_endpoint(
         await live.stop()
         if os.environ.get("PULSE_TEST_KEEP_LOGS"):
             print(deliver.tail())
+
+
+async def test_two_deliverers_share_the_partitions_and_hand_them_over(
+    kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """Two `pulse deliver` processes split the partitions; one stops (SIGTERM) mid-run and
+    the other takes its partitions over after the session timeout (a static member does
+    not leave the group): every trigger is accepted, none twice."""
+    port = free_port()
+    config = tmp_path / "delivery.yaml"
+    config.write_text(
+        orjson.dumps(
+            {"endpoints": [{"url": f"http://127.0.0.1:{port}/hooks/a", "actions": ["*"],
+                            "secret": NEW}], "timeout": TIMEOUT_S}
+        ).decode()
+    )  # fmt: skip
+    base = deployment_env(
+        kafka.bootstrap, tmp_path, PULSE_DELIVERY=str(config), PULSE_DELIVERY_SCHEDULE=SCHEDULE
+    )
+    receiver = Receiver(NEW, seed=3, fail_share=0.2)
+    await receiver.start(port)
+    logs = [tmp_path / "a", tmp_path / "b"]
+    for d in logs:
+        d.mkdir()
+    first, second = (
+        Deliver(dict(base, PULSE_WORKER_ID=name, PULSE_DELIVER_PORT=str(free_port())), log)
+        for name, log in zip(("a", "b"), logs, strict=True)
+    )
+    topic = base["PULSE_TOPIC_PREFIX"] + "triggers"
+    try:
+        await first.start()
+        await second.start()
+        sent: list[dict[str, Any]] = []
+        for b in range(8):
+            batch = make_triggers(b, 15)
+            sent += batch
+            await produce(
+                kafka.bootstrap, topic,
+                [(t["target"]["campaign_id"].encode(), orjson.dumps(t)) for t in batch],
+            )  # fmt: skip
+            if b == 3:
+                # from a thread: the receiver runs on this event loop and keeps answering
+                code, _ = await asyncio.to_thread(second.stop)
+                assert code == 0, second.tail()
+                stopped_at = time.monotonic()
+            await asyncio.sleep(0.4)
+        ids = {t["trigger_id"] for t in sent}
+        await wait_until(
+            lambda: ids <= set(receiver.accepted), 90, "every trigger accepted", first.tail
+        )
+        attempts = sum(
+            v for (n, _), v in first.metrics().items() if n == "pulse_delivery_attempts_total"
+        )
+        handover_s = time.monotonic() - stopped_at
+        print(
+            f"\ntwo deliverers: {len(ids)} triggers, {receiver.requests} requests, "
+            f"{receiver.duplicates} duplicates, {receiver.bad_signatures} bad signatures; "
+            f"the remaining one made {attempts:.0f} attempts; all accepted {handover_s:.1f}s after "
+            "the other stopped"
+        )
+        assert receiver.bad_signatures == 0 and set(receiver.accepted) == ids
+        # a graceful stop and a rebalance let tries in flight end and commit: nothing twice
+        assert receiver.duplicates == 0
+    finally:
+        first.stop()
+        second.stop()
+        await receiver.stop()
