@@ -43,6 +43,7 @@ from standardwebhooks.webhooks import Webhook
 
 from stream.core.durations import parse_duration
 from stream.core.errors import ConfigError
+from stream.core.rules import CAMPAIGN_ACTIONS
 
 #: Waits before the 2nd, 3rd, ... try (seconds): 5 s, 5 min, 30 min, 2 h, 5 h, 10 h.
 DEFAULT_SCHEDULE: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
@@ -53,16 +54,7 @@ Outcome = Literal["delivered", "retry", "final"]
 #: the ``outcome`` label values of ``pulse_deliveries_total``
 OUTCOMES = ("delivered", "retried", "dead_lettered")
 #: the ``action`` label values (PRODUCT.md, "Trigger"); anything else counts as ``other``
-ACTIONS = (
-    "campaign.alert",
-    "campaign.decrease_bid",
-    "campaign.increase_budget",
-    "campaign.pace",
-    "campaign.pause",
-    "campaign.reallocate",
-    "user.send_offer",
-    "user.send_reminder",
-)
+ACTIONS = (*CAMPAIGN_ACTIONS, "user.send_offer", "user.send_reminder")
 
 
 @dataclass(frozen=True)

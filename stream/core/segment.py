@@ -38,6 +38,7 @@ import orjson
 import yaml
 
 from stream.core.errors import ConfigError
+from stream.core.validation import json_type
 
 __all__ = [
     "KINDS",
@@ -367,9 +368,7 @@ def map_request(parsed: Any, kind: str, mapping: SegmentMapping, received_ms: in
     if call == "batch":
         if not isinstance(parsed, dict) or not isinstance(parsed.get("batch"), list):
             got = (
-                "an object without a batch array"
-                if isinstance(parsed, dict)
-                else _json_type(parsed)
+                "an object without a batch array" if isinstance(parsed, dict) else json_type(parsed)
             )
             return (
                 f"a /v1/{kind} body must be a JSON object with a batch array of Segment "
@@ -383,7 +382,7 @@ def map_request(parsed: Any, kind: str, mapping: SegmentMapping, received_ms: in
         if not isinstance(parsed, dict):
             return (
                 f"a /v1/{kind} body must be one JSON object (a Segment {call} message), "
-                f"got {_json_type(parsed)}"
+                f"got {json_type(parsed)}"
             )
         messages = [parsed]
 
@@ -419,7 +418,7 @@ def _map_one(
     raw = _dumps(message)
     where = f"batch[{index}]" if call == "batch" else "message"
     if not isinstance(message, dict):
-        detail = f"{where} is {_json_type(message)}: send each Segment message as a JSON object"
+        detail = f"{where} is {json_type(message)}: send each Segment message as a JSON object"
         out.rejected.append((index, "schema", detail, raw))
         return
     if len(raw) > SEGMENT_MAX_MESSAGE:
@@ -822,19 +821,3 @@ def _show(value: Any) -> str:
 
 def _clip(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _json_type(value: object) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if value is None:
-        return "null"
-    return type(value).__name__

@@ -37,6 +37,7 @@ __all__ = [
     "MAX_PROPERTIES_BYTES",
     "Rejection",
     "check_event",
+    "json_type",
     "normalize",
     "parse_event",
 ]
@@ -137,7 +138,7 @@ def check_event(
     if not isinstance(obj, dict):
         return Rejection(
             "not_object",
-            f"expected a JSON object, got {_json_type(obj)}: send each event as one JSON object",
+            f"expected a JSON object, got {json_type(obj)}: send each event as one JSON object",
         )
     try:
         if not plainly_valid(obj):  # the common shape skips the full schema
@@ -320,9 +321,16 @@ def _clip(text: str) -> str:
     return text[: _MAX_DETAIL_PART - 3] + "..."
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
+    """How a parsed JSON value reads in an error message.
+
+    >>> json_type([1]), json_type({}), json_type(None)
+    ('an array', 'an object', 'null')
+    """
     if isinstance(value, list):
         return "an array"
+    if isinstance(value, dict):
+        return "an object"
     if isinstance(value, str):
         return "a string"
     if isinstance(value, bool):
