@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 
 from stream.cli.common import wait_for_signal
-from stream.cli.simulate import add_traffic_arguments
+from stream.cli.simulate import add_traffic_arguments, traffic_config
 from stream.config import Settings
 from stream.core.errors import PulseError
 
@@ -37,7 +37,6 @@ def _port_free(port: int) -> bool:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from stream.core.simulator import SimConfig
     from stream.tools.broker import KafkaBroker, free_port
     from stream.tools.simulate import run_simulation
     from stream.tools.workerproc import WorkerNotReady, start_worker, stop_worker, wait_ready
@@ -73,14 +72,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("Metrics at /metrics; send your own events with", flush=True)
         print(f"  curl -H 'Authorization: Bearer {key}' -d @event.json {url}/v1/events", flush=True)
         print("Ctrl-C stops everything.\n", flush=True)
-        cfg = SimConfig(
-            rate=args.rate,
-            duration_s=args.duration,
-            scenario=args.scenario,
-            seed=args.seed,
-            cart_share=args.carts,
-            catalog=args.catalog,
-        )
+        cfg = traffic_config(args)
         asyncio.run(run_simulation(settings, cfg, via="http", url=url, write_key=key))
         print("simulation finished; the worker keeps running until Ctrl-C", flush=True)
         wait_for_signal()

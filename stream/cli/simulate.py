@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import TYPE_CHECKING, Any
 
 from stream.cli.common import ensure_topics_with_retry, print_summary, settings
 from stream.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from stream.core.simulator import SimConfig
 
 
 def add_traffic_arguments(s: argparse.ArgumentParser, duration: float) -> None:
@@ -26,6 +30,21 @@ def add_traffic_arguments(s: argparse.ArgumentParser, duration: float) -> None:
     )
 
 
+def traffic_config(args: argparse.Namespace, **extra: Any) -> SimConfig:
+    """The simulation the shared traffic options of :func:`add_traffic_arguments` ask for."""
+    from stream.core.simulator import SimConfig
+
+    return SimConfig(
+        rate=args.rate,
+        duration_s=args.duration,
+        scenario=args.scenario,
+        seed=args.seed,
+        cart_share=args.carts,
+        catalog=args.catalog,
+        **extra,
+    )
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("simulate", help="send realistic synthetic traffic")
     add_traffic_arguments(s, duration=60.0)
@@ -37,19 +56,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from stream.core.simulator import SimConfig
     from stream.tools.simulate import run_simulation
 
     found = settings()
-    cfg = SimConfig(
-        rate=args.rate,
-        duration_s=args.duration,
-        campaigns=args.campaigns,
-        scenario=args.scenario,
-        seed=args.seed,
-        cart_share=args.carts,
-        catalog=args.catalog,
-    )
+    cfg = traffic_config(args, campaigns=args.campaigns)
     url = args.url or f"http://127.0.0.1:{found.web_port}"
     key = args.write_key or (found.write_keys[0] if found.write_keys else None)
     if args.via == "http" and not key:
