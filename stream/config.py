@@ -196,8 +196,10 @@ class Settings:
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
 
-        write_keys = tuple(k.strip() for k in v["PULSE_WRITE_KEYS"].split(",") if k.strip())
-        read_keys = tuple(k.strip() for k in v["PULSE_READ_KEYS"].split(",") if k.strip())
+        def listed(name: str) -> tuple[str, ...]:
+            return tuple(item.strip() for item in v[name].split(",") if item.strip())
+
+        write_keys, read_keys = listed("PULSE_WRITE_KEYS"), listed("PULSE_READ_KEYS")
         if set(write_keys) & set(read_keys):
             raise ValueError(
                 "PULSE_READ_KEYS and PULSE_WRITE_KEYS share a key: a write key (public in "
@@ -235,7 +237,7 @@ class Settings:
             store_memory=size("PULSE_STORE_MEMORY"),
             state_key=v["PULSE_STATE_KEY"],
             transactions=boolean("PULSE_TRANSACTIONS"),
-            cors_origins=tuple(o.strip() for o in v["PULSE_CORS_ORIGINS"].split(",") if o.strip()),
+            cors_origins=listed("PULSE_CORS_ORIGINS"),
             collector_ack_timeout_s=duration("PULSE_COLLECTOR_ACK_TIMEOUT"),
             segment_mapping=v["PULSE_SEGMENT_MAPPING"],
             read_keys=read_keys,
