@@ -29,8 +29,10 @@ scalars = st.one_of(
     st.integers(min_value=-2, max_value=253402300800001),
     st.floats(allow_nan=True),
     st.sampled_from(
-        ["", "x", "view", "click", "add_to_cart", "purchase", "identify", "web", "sms", "eur"]
-        + ["USD", "U$D", "sku-1"]
+        [
+            *("", "x", "view", "click", "add_to_cart", "purchase", "identify"),
+            *("web", "sms", "eur", "USD", "U$D", "sku-1"),
+        ]
     ),
     st.text(max_size=70),
     st.text(min_size=125, max_size=130),
