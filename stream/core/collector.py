@@ -163,6 +163,19 @@ class BodyResult:
     #: Segment event names dropped for want of a mapping (counted once Kafka acked)
     unmapped: dict[str, int] = field(default_factory=dict)
 
+    def reject(
+        self,
+        index: int,
+        reason: str,
+        detail: str,
+        payload: bytes,
+        received_ms: int,
+        key: bytes | None = None,
+    ) -> None:
+        """Item ``index`` goes to the DLQ with ``reason``; the answer lists it."""
+        self.errors.append({"index": index, "reason": reason, "detail": detail})
+        self.dlq.append((key, dlq_record(reason, detail, payload, received_ms)))
+
     @property
     def reasons(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -233,8 +246,7 @@ def classify_items(items: list[Any], received_ms: int, body: bytes) -> BodyResul
                 "schema", "event is nested too deeply: keep objects under 254 levels"
             )
         if isinstance(checked, Rejection):
-            out.errors.append({"index": index, "reason": checked.reason, "detail": checked.detail})
-            out.dlq.append((key, dlq_record(checked.reason, checked.detail, raw, received_ms)))
+            out.reject(index, checked.reason, checked.detail, raw, received_ms, key)
         else:
             out.accepted.append((key, raw))
     return out

@@ -31,7 +31,6 @@ from stream.core.collector import (
     parse_body,
     presented_key,
 )
-from stream.core.ingest import dlq_record
 from stream.core.segment import KINDS, SEGMENT_MAX_BATCH, load_mapping, map_request
 from stream.kafka.writer import KafkaUnavailable
 from stream.runtime import Runtime
@@ -288,8 +287,7 @@ def register(app: faust.App, rt: Runtime) -> None:
                 return BodyResult(400, mapped)
             result = classify_items(mapped.events, received_ms, body)
             for index, reason, detail, raw in mapped.rejected:
-                result.errors.append({"index": index, "reason": reason, "detail": detail})
-                result.dlq.append((None, dlq_record(reason, detail, raw, received_ms)))
+                result.reject(index, reason, detail, raw, received_ms)
             result.unmapped = mapped.unmapped
             return result
 
@@ -371,12 +369,13 @@ def register(app: faust.App, rt: Runtime) -> None:
             },
         )
 
+    page_asking = page.replace('<body data-read="open">', '<body data-read="key">', 1)
+
     async def index(request: web.Request) -> web.Response:
         """The live page; it asks for a read key (kept in sessionStorage) when one is
         needed: read keys are configured, or the page is not loaded over loopback."""
         needs_key = bool(rt.settings.read_keys) or not is_loopback(request.remote)
-        body = page.replace('<body data-read="open">', '<body data-read="key">', 1)
-        return web.Response(text=body if needs_key else page, content_type="text/html")
+        return web.Response(text=page_asking if needs_key else page, content_type="text/html")
 
     tracker = (Path(__file__).parent / "static" / "pulse.js").read_bytes()
     tracker_gz = gzip.compress(tracker, 9, mtime=0)
