@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
 
 
 def topic(env: dict[str, str], short: str) -> str:
@@ -36,13 +37,13 @@ async def produce(
         await producer.stop()
 
 
-async def consume_all(
+async def consume_records(
     bootstrap: str,
     name: str,
     expected: int | None = None,
     timeout_s: float = 30,
     isolation_level: str = "read_committed",
-) -> list[tuple[bytes | None, bytes]]:
+) -> list[ConsumerRecord[bytes, bytes]]:
     """Read a topic from the beginning until ``expected`` records or the topic's end.
 
     ``read_committed`` as the product's consumers must read: records of a
@@ -59,13 +60,13 @@ async def consume_all(
         isolation_level=isolation_level,
     )
     await consumer.start()
-    out: list[tuple[bytes | None, bytes]] = []
+    out: list[ConsumerRecord[bytes, bytes]] = []
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for msgs in batch.values():
-                out.extend((m.key, m.value) for m in msgs)
+                out.extend(msgs)
             if expected is not None and len(out) >= expected:
                 break
             if expected is None and not batch:
@@ -76,6 +77,18 @@ async def consume_all(
     finally:
         await consumer.stop()
     return out
+
+
+async def consume_all(
+    bootstrap: str,
+    name: str,
+    expected: int | None = None,
+    timeout_s: float = 30,
+    isolation_level: str = "read_committed",
+) -> list[tuple[bytes | None, bytes]]:
+    """(key, value) of the records :func:`consume_records` reads."""
+    records = await consume_records(bootstrap, name, expected, timeout_s, isolation_level)
+    return [(r.key, r.value) for r in records]
 
 
 TYPE_INDEX = {"view": 0, "click": 1, "purchase": 2, "add_to_cart": 4}

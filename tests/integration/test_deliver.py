@@ -384,21 +384,19 @@ async def test_deliver_through_failures_kills_and_a_down_endpoint(
         # replay the DLQ once the endpoint is up: --action that matches nothing first
         down = Receiver(NEW, seed=0, fail_share=0.0)
         await down.start(down_port)
-        try:
-            none = await asyncio.to_thread(
-                subprocess.run,
+
+        def replay_dlq(action: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
                 [sys.executable, "-m", "stream.cli", "deliver", "replay", "--from-dlq",
-                 "--action", "user.*"],
+                 "--action", action],
                 env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
             )  # fmt: skip
+
+        try:
+            none = await asyncio.to_thread(replay_dlq, "user.*")
             assert none.returncode == 0 and "replayed 0 " in none.stdout, none.stdout + none.stderr
             assert down.requests == 0
-            replay = await asyncio.to_thread(
-                subprocess.run,
-                [sys.executable, "-m", "stream.cli", "deliver", "replay", "--from-dlq",
-                 "--action", "campaign.*"],
-                env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
+            replay = await asyncio.to_thread(replay_dlq, "campaign.*")
             assert replay.returncode == 0, replay.stdout + replay.stderr
             assert set(down.accepted) == pause_ids and down.bad_signatures == 0
             assert down.duplicates == 0  # DLQ repeats (a crash) are sent once

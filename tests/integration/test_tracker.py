@@ -38,11 +38,16 @@ import httpx
 import orjson
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer
 
 from stream.tools.broker import KafkaBroker, free_port
 from tests.integration.conftest import Worker, deployment_env
-from tests.integration.helpers import consume_all, produce, records_by_key, topic
+from tests.integration.helpers import (
+    consume_all,
+    consume_records,
+    produce,
+    records_by_key,
+    topic,
+)
 from tests.integration.test_live_page import CDP, chromium, chromium_path
 from tests.integration.test_outage import OUTAGE_S, outage_broker  # noqa: F401  (fixture)
 
@@ -262,27 +267,8 @@ class Sent:
 
 async def read_topic(bootstrap: str, name: str) -> list[tuple[int, int, int, bytes]]:
     """(partition, offset, timestamp ms, value) of every record, to the topic's end."""
-    consumer = AIOKafkaConsumer(
-        name,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-        isolation_level="read_committed",
-    )
-    await consumer.start()
-    out: list[tuple[int, int, int, bytes]] = []
-    try:
-        while True:
-            batch = await consumer.getmany(timeout_ms=500)
-            for msgs in batch.values():
-                out.extend((m.partition, m.offset, m.timestamp, m.value) for m in msgs)
-            if not batch:
-                ends = await consumer.end_offsets(list(consumer.assignment()))
-                if all([await consumer.position(tp) >= end for tp, end in ends.items()]):
-                    return sorted(out)
-    finally:
-        await consumer.stop()
+    records = await consume_records(bootstrap, name)
+    return sorted((m.partition, m.offset, m.timestamp, m.value) for m in records)
 
 
 async def on_topic(env: dict[str, str], ids: set[str], timeout_s: float) -> Sent:
