@@ -27,7 +27,6 @@ from typing import Any
 RowKey = tuple[str, str, str]  # campaign_id, variant_id ("" when absent), channel
 Row = list[Any]  # [views, clicks, purchases, revenue, carts]
 TYPE_INDEX = {"view": 0, "click": 1, "purchase": 2, "add_to_cart": 4}
-ROW_SIZE = 5
 #: Types that may count without a campaign: a purchase is attributed to the last click
 ATTRIBUTED = "purchase"
 
