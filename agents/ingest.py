@@ -354,7 +354,9 @@ class IngestAgent:
         for p, blob in models:
             if blob is not None and int(p) in restore:
                 with unreadable("models", int(p), str(p)):
-                    stage.models[int(p)] = rt.load_model(blob, "the model checkpoint")
+                    model = rt.load_model(blob, "the model checkpoint")
+                    if model is not None:
+                        stage.models[int(p)] = model
         return restore
 
     def forget(self, partitions: list[int]) -> None:
@@ -420,14 +422,15 @@ class IngestAgent:
                     keep=held,
                 )
             except Unreadable as bad:  # never skipped: the worker stops, saying where
-                await stop_restore(app, await bad.located(s, rt.changelogs[bad.table]))
+                err = await bad.located(s, rt.changelogs[bad.table])
+                await stop_restore(app, err, rt.metrics, bad.table)
                 return
             self.keep_dedup(mine)
             t0 = time.monotonic()
             try:
                 ids = await self.restore_dedup(restored_now)
             except (DedupRecordError, StateRecordError) as exc:
-                await stop_restore(app, exc)
+                await stop_restore(app, exc, rt.metrics, "dedup")
                 return
             if stale():  # a newer rebalance began while the dedup log was read
                 return

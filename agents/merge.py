@@ -232,7 +232,8 @@ class MergeAgent:
                     with unreadable("merger", 0, "merger"):
                         rt.merge = rt.new_merge_stage(table.data.get("merger"))
                 except Unreadable as bad:  # never skipped: the worker stops, saying where
-                    await stop_restore(app, await bad.located(rt.settings, rt.changelogs["merger"]))
+                    err = await bad.located(rt.settings, rt.changelogs["merger"])
+                    await stop_restore(app, err, rt.metrics, "merger")
                     return
             held[0] = owned
             restored[0] = rt.generation

@@ -18,6 +18,7 @@ import orjson
 from stream.config import Settings
 from stream.core.sealing import StateRecordError
 from stream.kafka.reading import read_records
+from stream.telemetry import PulseMetrics
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,16 @@ def unreadable(table: str, partition: int, key: str) -> Iterator[None]:
         raise Unreadable(table, partition, key, exc) from exc
 
 
-async def stop_restore(app: Any, err: BaseException) -> None:
-    """Log ``err`` at CRITICAL and crash ``app``: the worker process exits with an error.
+async def stop_restore(app: Any, err: BaseException, metrics: PulseMetrics, table: str) -> None:
+    """Count the refused ``table`` record, log ``err`` at CRITICAL and crash ``app``.
+
+    The worker process exits with an error
+    (``pulse_state_records_refused_total{table}`` counts it first).
 
     Raising from a recovery callback would not do: Faust waits for those with
     ``asyncio.wait``, which keeps their exceptions, and the worker would stay up,
     never ready, with its partitions held.
     """
+    metrics.state_refused.labels(table).inc()
     log.critical("%s", err)
     await app.crash(err)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import pickle
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,11 +24,13 @@ from typing import Any, Protocol
 import orjson
 
 from stream.config import Settings
+from stream.core import plainstate
 from stream.core.campaigns import CampaignSettingsStore, CampaignView
 from stream.core.dedup_rocks import RocksDeduplicator
 from stream.core.pipeline import MergeStage, PartitionStage, Pipeline
+from stream.core.propensity import PropensityModel
 from stream.core.rocks_budget import RocksBudget
-from stream.core.sealing import StateKey
+from stream.core.sealing import StateKey, StateRecordError
 from stream.core.windows import window_start
 from stream.failpoints import FAILPOINTS
 from stream.kafka.transactions import Transactions
@@ -44,7 +45,7 @@ TABLES = {
     "windows": ("events", "source partition -> open windows and watermark"),
     "clicks": ("events", "user -> [ts, campaign, variant, channel, partition]"),
     "merger": ("one", "'merger' -> partials merged so far"),
-    "models": ("events", "source partition -> pickled propensity model (base64)"),
+    "models": ("events", "source partition -> propensity model checkpoint (sealed JSON, base64)"),
 }
 #: tables whose changelog partition holds one key, each record the whole value
 LATEST_ONLY = ("windows", "merger", "models")
@@ -176,13 +177,29 @@ class Runtime:
     def state_key(self) -> StateKey:
         return self.pipeline.config.state_key
 
-    def model_blob(self, model: Any) -> str:
-        """A model checkpoint as its changelog value: the sealed pickle, base64."""
-        return base64.b64encode(self.state_key.seal(pickle.dumps(model))).decode()
+    def model_blob(self, model: PropensityModel) -> str:
+        """A model checkpoint as its changelog value: sealed plain data, base64."""
+        return base64.b64encode(self.state_key.seal(plainstate.dumps(model.to_state()))).decode()
 
-    def load_model(self, blob: str, where: str) -> Any:
-        """Unpickle a checkpoint of :meth:`model_blob` once its seal is checked."""
-        return pickle.loads(self.state_key.open(base64.b64decode(blob), where))
+    def load_model(self, blob: str, where: str) -> PropensityModel | None:
+        """A fresh model set to a :meth:`model_blob` checkpoint once its seal is checked.
+
+        Only plain data is read, never a pickle (those of earlier releases are
+        refused: they could run code); None when offers are disabled.
+        """
+        payload = self.state_key.open(base64.b64decode(blob), where)
+        if not payload.startswith(plainstate.MAGIC):
+            raise StateRecordError(
+                f"{where} is not a plain-data checkpoint (a pickle of an earlier "
+                "release, or not written by Pulse) and is not loaded, as a pickle could run "
+                "code; the model relearns from the stream once the record is deleted"
+            )
+        new_model = self.stage.new_model
+        if new_model is None:
+            return None
+        model = new_model()
+        model.load_state(plainstate.loads(payload))
+        return model
 
     @property
     def stage(self) -> PartitionStage:

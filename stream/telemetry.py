@@ -141,6 +141,12 @@ class PulseMetrics:
             ["event"],
             registry=r,
         )
+        self.state_refused = PromCounter(
+            "pulse_state_records_refused",
+            "State records that did not decode or authenticate (the restore stopped)",
+            ["table"],
+            registry=r,
+        )
         self.clock = StageClock()  # the pipeline's stages add their CPU time to it
         r.register(StageCpu(self.clock))
         self._children: dict[tuple[str, ...], Any] = {}

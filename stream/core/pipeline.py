@@ -185,11 +185,9 @@ class MergeStage:
         engine: TriggerEngine,
         campaign_settings: Callable[[str], Mapping[str, Any] | None],
         allocator: Allocator | None = None,
-        state_key: StateKey | None = None,
     ) -> None:
         self.merger = merger
         self.engine = engine
-        self.state_key = state_key or StateKey("", "pulse")
         self.campaign_settings = campaign_settings
         self.allocator = allocator or Allocator()
         self.emitted = EmittedOutputs()  # sent before a crash, after the last snapshot
@@ -197,7 +195,7 @@ class MergeStage:
     def to_state(self) -> dict[str, Any]:
         return {
             **self.merger.to_state(),
-            "engine": self.engine.to_state(self.state_key.seal),
+            "engine": self.engine.to_state(),
             "allocator": self.allocator.to_state(),
         }
 
@@ -311,7 +309,7 @@ class PipelineConfig:
     rules: Rules = field(default_factory=load_rules)  # typed, validated (stream.core.rules)
     salt: str = ""  # PULSE_PSEUDONYMIZE_SALT: pseudonymise at ingest
     srm_alpha: float | None = None  # the bandit's sample-ratio-mismatch rail (None: default)
-    #: seals the pickles in state records (PULSE_STATE_KEY; stream.core.sealing)
+    #: seals state records (PULSE_STATE_KEY; stream.core.sealing)
     state_key: StateKey = field(default_factory=lambda: StateKey("", "pulse"))
 
     @classmethod
@@ -385,11 +383,9 @@ class Pipeline:
         engine = TriggerEngine(c.rules)
         allocator = Allocator() if c.srm_alpha is None else Allocator(srm_alpha=c.srm_alpha)
         if state and "engine" in state:
-            engine.restore(state["engine"], lambda b: c.state_key.open(b, "merger snapshot"))
+            engine.restore(state["engine"])
             allocator.restore(state.get("allocator", {}))
-        return MergeStage(
-            merger, engine, campaign_settings or (lambda _cid: None), allocator, c.state_key
-        )
+        return MergeStage(merger, engine, campaign_settings or (lambda _cid: None), allocator)
 
     def stages(
         self, campaign_settings: CampaignSettings | None = None

@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from river import cluster, compose, linear_model, metrics, optim, preprocessing
 
+from stream.core import plainstate
 from stream.core.rules import UserOffer
 from stream.core.triggers import trigger_id
 
@@ -63,6 +65,7 @@ NUMERIC = (
 _NUMERIC = frozenset(NUMERIC)
 SEGMENTS = 4  # bounded: segment ids label metrics
 USER_TTL_MS = 2 * DAY_MS  # idle users kept at least this long (recency_h saturates here)
+STATE_FORMAT = 1  # of to_state(); a checkpoint of another format is refused
 SWEEPS_PER_TTL = 8  # per-user state is swept each time event time advances by 1/8 of a TTL
 
 
@@ -108,6 +111,22 @@ def new_model(lr: float = 0.02) -> compose.Pipeline:
 
 
 _NEW: list[Any] = [0, 0, 0, 0.0, None, 0.0, 0.0, 0.0]  # a user never seen
+
+
+class _Names:
+    """Strings of a checkpoint, each stored once; columns hold their codes."""
+
+    def __init__(self) -> None:
+        self._codes: dict[str, int] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._codes)  # in code order: a name's code is its insertion index
+
+    def codes(self, names: Iterable[str]) -> np.ndarray:
+        table = self._codes
+        code = table.setdefault
+        return np.array([code(name, len(table)) for name in names], np.int32)
 
 
 def _logit(p: float) -> float:
@@ -344,22 +363,138 @@ class PropensityModel:
                 state[3] += float(event.get("revenue") or 0.0)
         state[4] = ts
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Restore a checkpoint, including one pickled before the decayed counts or sweeps."""
-        self.__dict__.update(state)
-        self.__dict__.setdefault("totals", [0, 0, 0])
-        self.__dict__.setdefault("campaign_stats", {})
-        self.__dict__.setdefault("lateness_ms", self.attribution_ms)
-        self.__dict__.setdefault("user_ttl_ms", max(self.attribution_ms, USER_TTL_MS))
-        self.__dict__.setdefault("next_sweep", 0)  # sweep at the next event
-        if any(isinstance(n, int) for n in self.pending_users.values()):  # counts, not entries
-            self.pending = deque(list(item) for item in self.pending)
-            self.pending_users = {}
-            for entry in self.pending:
-                self.pending_users.setdefault(entry[1], []).append(entry)
-        for row in self.users.values():
-            if len(row) < len(_NEW):
-                row.extend([0.0] * (len(_NEW) - len(row)))
+    def to_state(self) -> dict[str, Any]:
+        """Everything learned as plain data (:mod:`stream.core.plainstate`): the checkpoint.
+
+        Per-user state goes in columns: numpy arrays and lists of names, no
+        user-given string is ever a key.
+
+        >>> m = PropensityModel(attribution_ms=60_000)
+        >>> _ = m.on_event({"type": "click", "ts": 0, "user_id": "u", "campaign_id": "c"})
+        >>> twin = PropensityModel(attribution_ms=60_000)
+        >>> twin.load_state(plainstate.loads(plainstate.dumps(m.to_state())))
+        >>> plainstate.dumps(twin.to_state()) == plainstate.dumps(m.to_state())
+        True
+        """
+        names = _Names()
+        rows = list(self.users.values())
+        pending = list(self.pending)
+        held = [e for e in pending if e[1] is not None]
+        engaged = [(u, c, n) for u, per in self.engaged.items() for c, n in per.items()]
+        return {
+            "format": STATE_FORMAT,
+            "labels": self.labels,
+            "totals": self.totals,
+            "max_ts": self.max_ts,
+            "next_sweep": self.next_sweep,
+            "users": {
+                "user": names.codes(self.users),
+                "counts": np.array([r[:3] + r[4:5] for r in rows], np.int64).reshape(-1, 4),
+                "amounts": np.array([r[3:4] + r[5:] for r in rows], np.float64).reshape(-1, 4),
+            },
+            "campaigns": {
+                "campaign": names.codes(self.campaign_stats),
+                "counts": np.array(list(self.campaign_stats.values()), np.int64).reshape(-1, 2),
+            },
+            "engaged": {
+                "user": names.codes(u for u, _, _ in engaged),
+                "campaign": names.codes(c for _, c, _ in engaged),
+                "clicks": np.array([n for _, _, n in engaged], np.int64),
+            },
+            "segments": {
+                "user": names.codes(self.segments),
+                "segment": np.array(list(self.segments.values()), np.int64),
+            },
+            "last_offer": {
+                "user": names.codes(self.last_offer),
+                "ts": np.array(list(self.last_offer.values()), np.int64),
+            },
+            "pending": {  # in arrival order; labelled entries (no user) hold no features
+                "ts": np.array([e[0] for e in pending], np.int64),
+                "score": np.array([e[3] for e in pending], np.float64),
+                "user": names.codes("" if e[1] is None else e[1] for e in pending),
+                "labelled": np.array([e[1] is None for e in pending], np.int32),
+                "numeric": np.array([[e[2][k] for k in NUMERIC] for e in held], np.float64).reshape(
+                    -1, len(NUMERIC)
+                ),
+                "one_hot": names.codes(
+                    "\x1f".join(k for k in e[2] if k not in _NUMERIC) for e in held
+                ),
+            },
+            "names": names.names,
+            "model": plainstate.pipeline_state(self.model),
+            "segmenter": plainstate.kmeans_state(self.segmenter),
+            "rocauc": plainstate.rocauc_state(self.rocauc),
+            "logloss": plainstate.mean_state(self.logloss._mean),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Set a :meth:`to_state` checkpoint into this (fresh) model; the settings stay ours.
+
+        A record of another shape raises (``ValueError``, ``TypeError``, ``KeyError``,
+        ``IndexError``).
+        """
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(
+                f"propensity checkpoint format {state.get('format')!r}, expected {STATE_FORMAT}"
+            )
+        names = [str(n) for n in state["names"]]
+
+        def named(codes: np.ndarray) -> list[str]:
+            if codes.size and (codes.min() < 0 or codes.max() >= len(names)):
+                raise ValueError("a name code outside the checkpoint's names")
+            return [names[i] for i in codes.tolist()]
+
+        def column(part: dict[str, Any], key: str, n: int) -> list[Any]:
+            values = part[key]
+            out = named(values) if key in ("user", "campaign") else values.tolist()
+            if len(out) != n:
+                raise ValueError(f"{key}: {len(out)} values for {n} rows")
+            return out
+
+        def table(part: dict[str, Any], *keys: str) -> list[list[Any]]:
+            n = len(part["user" if "user" in part else "campaign"])
+            return [column(part, k, n) for k in keys]
+
+        self.labels = int(state["labels"])
+        self.totals = [int(n) for n in state["totals"]]
+        self.max_ts = int(state["max_ts"])
+        self.next_sweep = int(state["next_sweep"])
+        users, counts, amounts = table(state["users"], "user", "counts", "amounts")
+        self.users = {
+            u: [c[0], c[1], c[2], a[0], c[3], a[1], a[2], a[3]]
+            for u, c, a in zip(users, counts, amounts, strict=True)
+        }
+        ids, per = table(state["campaigns"], "campaign", "counts")
+        self.campaign_stats = dict(zip(ids, per, strict=True))
+        self.engaged = {}
+        for u, c, n in zip(*table(state["engaged"], "user", "campaign", "clicks"), strict=True):
+            self.engaged.setdefault(u, {})[c] = n
+        self.segments = dict(zip(*table(state["segments"], "user", "segment"), strict=True))
+        self.last_offer = dict(zip(*table(state["last_offer"], "user", "ts"), strict=True))
+        part = state["pending"]
+        ts, score, users, labelled = table(part, "ts", "score", "user", "labelled")
+        numeric = part["numeric"].tolist()
+        one_hot = named(part["one_hot"])
+        if len(numeric) != len(one_hot) or len(numeric) != len(ts) - sum(labelled):
+            raise ValueError("pending: features for a different number of clicks")
+        self.pending = deque()
+        self.pending_users = {}
+        features = iter(zip(numeric, one_hot, strict=True))
+        for t, p, user, done in zip(ts, score, users, labelled, strict=True):
+            if done:
+                self.pending.append([t, None, None, p])
+                continue
+            values, hots = next(features)
+            x = dict(zip(NUMERIC, values, strict=True))
+            x.update(dict.fromkeys(hots.split("\x1f") if hots else (), 1.0))
+            entry = [t, user, x, p]
+            self.pending.append(entry)
+            self.pending_users.setdefault(user, []).append(entry)
+        plainstate.load_pipeline(self.model, state["model"])
+        plainstate.load_kmeans(self.segmenter, state["segmenter"])
+        plainstate.load_rocauc(self.rocauc, state["rocauc"])
+        plainstate.load_mean(self.logloss._mean, state["logloss"])
 
     def _learn(self, ts: int, user: str, x: dict[str, float], p: float, y: bool) -> None:
         """One delayed label for the click of ``user`` at ``ts`` scored ``p``."""
@@ -411,7 +546,7 @@ class PropensityModel:
         Removes the user's counters, engagement, segment, offer cap and pending
         (unlabelled) clicks with their features. The learned weights are not
         per-user and stay. New per-user state must be removed here too
-        (tests/stream/core/test_privacy.py checks the pickled model).
+        (tests/stream/core/test_privacy.py checks the checkpoint and the pickled model).
         """
         held = False
         maps = (self.users, self.engaged, self.segments, self.pending_users, self.last_offer)

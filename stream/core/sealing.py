@@ -1,8 +1,8 @@
-"""Authenticated state records: an HMAC-SHA256 tag on every blob Pulse unpickles.
+"""Authenticated state records: an HMAC-SHA256 tag on dedup records and model checkpoints.
 
-Model checkpoints and trigger detectors are pickles in changelog topics; a
-pickle executes code when loaded, so a record anyone with write access to the
-topic could forge must never be loaded unchecked. :meth:`StateKey.seal` puts a
+Anyone with write access to a changelog topic could forge its records; those
+are plain data (never pickles), and the tag also keeps forged or corrupted
+numbers out of the state. :meth:`StateKey.seal` puts a
 16-byte tag keyed with ``PULSE_STATE_KEY`` in front of the bytes;
 :meth:`StateKey.open` checks it before anything reads them. Without
 ``PULSE_STATE_KEY`` the key is derived from the app id: the tag then still

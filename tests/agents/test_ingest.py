@@ -12,9 +12,10 @@ import pytest
 from agents.ingest import IngestAgent
 from agents.unreadable import Unreadable
 from stream.config import Settings
+from stream.core import plainstate
 from stream.core.dedup import decode_record
 from stream.core.merge import decode_windows
-from stream.core.sealing import MAGIC, StateAuthError
+from stream.core.sealing import MAGIC, StateRecordError
 from stream.runtime import Runtime
 from tests.agents.conftest import T0, event, sent
 
@@ -120,29 +121,31 @@ class _Exploit:
         return os.mkdir, (self.path,)
 
 
-def test_a_forged_model_checkpoint_is_never_unpickled(tmp_path: Path) -> None:
-    rt = Runtime.offline(Settings.from_env({"PULSE_STATE_KEY": "k3y"}))
+@pytest.mark.parametrize("key", ["k3y", ""])
+def test_a_pickled_model_checkpoint_is_never_unpickled(tmp_path: Path, key: str) -> None:
+    env = {"PULSE_STATE_KEY": key} if key else {}
+    rt = Runtime.offline(Settings.from_env(env))
     agent = IngestAgent(rt)
-    genuine = rt.model_blob({"weights": [1, 2]})
-    assert rt.load_model(genuine, "test") == {"weights": [1, 2]}
+    model = rt.stage.new_model
+    assert model is not None
+    trained = model()
+    trained.on_event({"type": "click", "ts": 0, "user_id": "u", "campaign_id": "c"})
+    genuine = rt.model_blob(trained)
     target = tmp_path / "pwned"
-    forged = base64.b64encode(pickle.dumps(_Exploit(str(target)))).decode()
-    other_key = Runtime.offline(Settings.from_env({"PULSE_STATE_KEY": "other"}))
-    for blob in (forged, other_key.model_blob(_Exploit(str(target)))):
+    exploit = pickle.dumps(_Exploit(str(target)))
+    forged = [
+        base64.b64encode(exploit).decode(),  # unsealed
+        base64.b64encode(rt.state_key.seal(exploit)).decode(),  # sealed with this very key
+    ]
+    for blob in forged:
         with pytest.raises(Unreadable) as bad:
             agent.restore_windows({0}, [], [], [("0", blob)])
         assert (bad.value.table, bad.value.partition) == ("models", 0)
-        assert isinstance(bad.value.cause, StateAuthError)
-    assert not target.exists()
+        assert isinstance(bad.value.cause, StateRecordError)
+        assert "could run code" in str(bad.value) or "not sealed" in str(bad.value)
+    assert not target.exists(), "a forged checkpoint ran code"
     assert agent.restore_windows({0}, [], [], [("0", genuine)]) == {0}
-    assert rt.stage.models[0] == {"weights": [1, 2]}
-
-
-def test_unsealed_checkpoints_of_the_previous_release_load_without_a_key() -> None:
-    rt = Runtime.offline(Settings.from_env({}))
-    legacy = base64.b64encode(pickle.dumps({"weights": [3]})).decode()
-    assert IngestAgent(rt).restore_windows({1}, [], [], [("1", legacy)]) == {1}
-    assert rt.stage.models[1] == {"weights": [3]}
+    assert plainstate.dumps(rt.stage.models[0].to_state()) == plainstate.dumps(trained.to_state())
 
 
 def test_a_window_snapshot_that_does_not_decode_names_its_table() -> None:

@@ -25,13 +25,14 @@ DASHBOARDS = {
 }
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 #: Exported beyond the contract (stream.telemetry.CONTRACT_METRICS): collector, Faust sensors,
-#: rejected campaign settings, CPU per pipeline stage.
+#: rejected campaign settings, refused state records, CPU per pipeline stage.
 EXTRA_METRICS = {
     "pulse_http_requests_total",
     "pulse_stage_cpu_seconds_total",
     "pulse_consumer_lag",
     "pulse_commit_latency_seconds",
     "pulse_campaign_settings_rejected_total",
+    "pulse_state_records_refused_total",
     # exported by `pulse deliver` (its own process and port), not by the worker
     "pulse_deliveries_total",
     "pulse_delivery_latency_seconds",

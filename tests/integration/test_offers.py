@@ -4,13 +4,14 @@ the propensity models survive a restart with the same predictions."""
 from __future__ import annotations
 
 import base64
-import pickle
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
+from stream.core import plainstate
+from stream.core.propensity import PropensityModel
 from stream.core.sealing import MAGIC, StateKey
 from tests.integration.helpers import consume_all, encode, final_click, history, produce, topic
 
@@ -64,7 +65,8 @@ async def test_offer_needs_intent_and_consent_and_models_survive_restart(
         if value:
             sealed = base64.b64decode(orjson.loads(value))
             assert sealed.startswith(MAGIC), "a model checkpoint was written unsealed"
-            before[orjson.loads(key)] = pickle.loads(key_of_app.open(sealed, "test"))
+            model = before[orjson.loads(key)] = PropensityModel(attribution_ms=3_600_000)
+            model.load_state(plainstate.loads(key_of_app.open(sealed, "test")))
     assert before, "no model checkpoint written"
     x = {"recency_h": 2.0, "purchases": 1.2, "user_cvr": 0.7, "channel=web": 1.0}
     expected = {p: m.model.predict_proba_one(x)[True] for p, m in before.items()}

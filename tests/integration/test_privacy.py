@@ -150,7 +150,7 @@ async def test_pseudonyms_ip_truncation_consent_and_erase(
         records = await changelog(kafka, worker_env, table)
         blobs = model_blobs(records) if table == "models" else {}
         dumps[table] = b"\n".join([(k or b"") + b" " + (v or b"") for k, v in records])
-        dumps[table] += b"".join(blobs.values())  # the pickled models themselves
+        dumps[table] += b"".join(blobs.values())  # the model checkpoints themselves
     log = worker.log_path.read_bytes()
     dumps["worker log"] = log
     for where, data in dumps.items():

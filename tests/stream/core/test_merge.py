@@ -10,7 +10,6 @@ import pytest
 from stream.core.bandit import Allocator
 from stream.core.merge import EmittedOutputs, WindowMerger, decode_windows
 from stream.core.pipeline import MergeStage, Partial
-from stream.core.sealing import StateKey
 from stream.core.triggers import TriggerEngine, load_rules
 
 SIZE = 10_000
@@ -23,7 +22,7 @@ def new_stage(state: dict[str, Any] | None = None) -> MergeStage:
     engine, allocator = TriggerEngine(load_rules(None)), Allocator()
     if state is None:
         return MergeStage(WindowMerger(2, SIZE), engine, lambda _: None, allocator)
-    engine.restore(state["engine"], lambda b: StateKey("", "pulse").open(b, "merger snapshot"))
+    engine.restore(state["engine"])
     allocator.restore(state["allocator"])
     merger = WindowMerger.from_state(state, 2, SIZE)
     return MergeStage(merger, engine, lambda _: None, allocator)

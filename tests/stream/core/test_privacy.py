@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stream.core import plainstate
 from stream.core.dedup import Deduplicator
 from stream.core.ingest import Ingestor
 from stream.core.pipeline import PartitionStage
@@ -221,7 +222,7 @@ def click(user: str, ts: int, consent: bool = True) -> dict[str, Any]:
     }
 
 
-def test_model_erase_user_leaves_no_trace_in_the_pickle() -> None:
+def test_model_erase_user_leaves_no_trace_in_memory_or_the_checkpoint() -> None:
     m = PropensityModel(attribution_ms=60_000, min_labels=0, min_score=0.0)
     for i, user in enumerate(["ghost-user", "other-user"] * 3):
         m.on_event(click(user, i * 1000))
@@ -232,6 +233,7 @@ def test_model_erase_user_leaves_no_trace_in_the_pickle() -> None:
     assert b"ghost-user" in pickle.dumps(m)
     assert m.erase_user("ghost-user") is True
     assert b"ghost-user" not in pickle.dumps(m)  # any new per-user state must be erased too
+    assert b"ghost-user" not in plainstate.dumps(m.to_state())
     assert m.erase_user("ghost-user") is False
     assert b"other-user" in pickle.dumps(m)
     m.on_event(click("other-user", 10_000))  # still works after an erase
@@ -253,6 +255,7 @@ def test_stage_erase_user_drops_clicks_and_model_state() -> None:
     assert "alice" not in stage.window_state(1).last_click
     assert "alice" not in stage.window_state(1).dirty_clicks
     assert b"alice" not in pickle.dumps(stage.models[1])
+    assert b"alice" not in plainstate.dumps(stage.models[1].to_state())
     assert "bob" in stage.window_state(1).last_click
     assert stage.erase_user("alice") == {"clicks": [], "models": []}
     purchase = event(event_id="p1", type="purchase", user_id="alice", event_time=T0 + 10,

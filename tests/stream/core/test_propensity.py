@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import subprocess
 import sys
 
@@ -75,18 +74,6 @@ def test_offer_names_the_most_engaged_campaign_and_is_deterministic() -> None:
     assert a["trigger_id"] == b["trigger_id"] and "propensity" in a["reason"]
 
 
-def test_model_pickles_with_its_state() -> None:
-    m = PropensityModel(attribution_ms=10 * MIN, min_labels=10**9)
-    for i in range(20):
-        m.on_event(click(i * MIN, f"u{i % 3}"))
-        if i % 2:
-            m.on_event(purchase(i * MIN + 1, f"u{i % 3}"))
-    x = m.features("u1", click(30 * MIN, "u1"))
-    restored = pickle.loads(pickle.dumps(m))
-    assert restored.model.predict_proba_one(x) == m.model.predict_proba_one(x)
-    assert restored.labels == m.labels
-
-
 def test_idle_users_are_forgotten() -> None:
     m = PropensityModel(attribution_ms=10 * MIN, min_labels=10**9)
     m.on_event(click(0, "old"))
@@ -151,18 +138,6 @@ def test_repeat_buyers_score_above_browsers() -> None:
     assert m.rocauc.get() > 0.8
 
 
-def test_checkpoint_from_before_the_recent_counts_restores() -> None:
-    m = PropensityModel(attribution_ms=10 * MIN, min_labels=10**9)
-    m.on_event(click(0, "a"))
-    state = m.__dict__.copy()
-    state["users"] = {"a": [0, 1, 0, 0.0, 0]}  # the old five-field row
-    del state["totals"], state["campaign_stats"]
-    old = PropensityModel.__new__(PropensityModel)
-    old.__setstate__(state)
-    assert old.on_event(click(MIN, "a")).score is not None
-    assert old.users["a"][1] == 2 and len(old.users["a"]) == 8
-
-
 def test_model_scores_a_partial_feature_object() -> None:
     # what POST /v1/models/propensity/score sends: some features, one-hots as given
     m = PropensityModel(attribution_ms=10 * MIN, min_labels=10**9)
@@ -172,7 +147,6 @@ def test_model_scores_a_partial_feature_object() -> None:
     x = {"recency_h": 2.0, "purchases": 1.2, "user_cvr": 0.7, "channel=web": 1.0}
     p = m.model.predict_proba_one(x)[True]
     assert 0.0 < p < 1.0
-    assert pickle.loads(pickle.dumps(m.model)).predict_proba_one(x)[True] == p
     assert m.model[0].transform_one(x)["channel=web"] == 1.0
 
 
@@ -291,18 +265,3 @@ def test_sweeps_change_no_offer_even_out_of_order() -> None:
         out_a, out_b = a.on_event(e), b.on_event(e)
         assert (out_a.offers, out_a.held) == (out_b.offers, out_b.held)
     assert len(a.last_offer) < len(b.last_offer)
-
-
-def test_checkpoint_from_before_the_sweeps_restores_and_sweeps() -> None:
-    m = PropensityModel(attribution_ms=10 * MIN, min_labels=0, min_score=0.0)
-    m.on_event(view(0, "gone"))
-    m.on_event(click(0, "offered"))
-    state = m.__dict__.copy()
-    for new in ("lateness_ms", "user_ttl_ms", "next_sweep"):
-        del state[new]
-    old = pickle.loads(pickle.dumps(m))
-    old.__dict__.clear()
-    old.__setstate__(state)
-    assert old.user_ttl_ms == 2 * 86_400_000 and old.lateness_ms == 10 * MIN
-    old.on_event(view(3 * 86_400_000, "new"))
-    assert set(old.users) == {"new"} and not old.last_offer
