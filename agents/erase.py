@@ -26,7 +26,7 @@ import faust
 import orjson
 from prometheus_client import Counter
 
-from stream.core.privacy import read_erase_record, salt_check
+from stream.core.privacy import erased_ids, read_erase_record, salt_check
 from stream.kafka.faust_internals import ack_all, message_batches, message_topic
 from stream.runtime import ByPartition, Runtime, Send
 
@@ -46,6 +46,24 @@ class EraseAgent:
             registry=rt.metrics.registry,
         )
         self.own_check = salt_check(rt.settings.pseudonymize_salt)
+
+    def erase_key(self, key: str) -> tuple[dict[str, list[int]], list[Send]]:
+        """Erase the user an erase request's key names (``stream.core.privacy.erase_key``).
+
+        With a salt the key is the pseudonym held; without one, the held ids
+        are hashed to find it (an erasure is rare; the ids are a set scan).
+        """
+        s = self.rt.settings
+        if s.pseudonymize_salt:
+            return self.erase(key)
+        found = erased_ids([key], self.rt.stage.user_ids(), "", s.app_id)
+        held: dict[str, list[int]] = {"clicks": [], "models": []}
+        sends: list[Send] = []
+        for user in found:
+            got, more = self.erase(user)
+            held = {k: sorted({*held[k], *got[k]}) for k in held}
+            sends.extend(more)
+        return held, sends
 
     def erase(self, user: str) -> tuple[dict[str, list[int]], list[Send]]:
         """Drop the user everywhere this worker holds state; the writes that make it durable."""
@@ -102,7 +120,7 @@ class EraseAgent:
                 where,
             )
         else:
-            held, sends = self.erase(user)
+            held, sends = self.erase_key(user)
             ack.update(status="applied", **held)
             log.info(
                 "erase request %s applied: last click removed on partitions %s, model "

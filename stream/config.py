@@ -96,6 +96,7 @@ DEFAULTS: dict[str, str] = {
     "PULSE_DELIVERY": "",
     "PULSE_DELIVERY_SCHEDULE": "",
     "PULSE_DELIVER_PORT": "6067",
+    "PULSE_RAW_RETENTION": "7d",
 }
 
 
@@ -150,6 +151,8 @@ class Settings:
     delivery_schedule: str = ""
     #: PULSE_DELIVER_PORT: `pulse deliver`'s /metrics, /healthz and /readyz
     deliver_port: int = 6067
+    #: PULSE_RAW_RETENTION: retention of the topics that hold raw user ids (RAW_ID_TOPICS)
+    raw_retention_s: float = 604_800.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -245,6 +248,7 @@ class Settings:
             delivery=v["PULSE_DELIVERY"],
             delivery_schedule=v["PULSE_DELIVERY_SCHEDULE"],
             deliver_port=integer("PULSE_DELIVER_PORT"),
+            raw_retention_s=duration("PULSE_RAW_RETENTION"),
         )
 
     def group_instance_id(self) -> str:

@@ -128,6 +128,16 @@ class PartitionStage:
         models = [p for p, m in self.models.items() if m.erase_user(user)]
         return {"clicks": sorted(clicks), "models": sorted(models)}
 
+    def user_ids(self) -> set[str]:
+        """Every user id this stage holds state for (last clicks, model state)."""
+        ids: set[str] = set()
+        for pw in self.windows.values():
+            ids.update(pw.last_click)
+        for m in self.models.values():
+            for per_user in (m.users, m.engaged, m.segments, m.pending_users, m.last_offer):
+                ids.update(per_user)
+        return ids
+
     def model_quality(self) -> tuple[float, float, int]:
         """Label-weighted ROC AUC and log loss over this stage's partitions, and labels."""
         total = sum(m.labels for m in self.models.values())

@@ -18,6 +18,7 @@ erase``) computes the same pseudonym as the workers.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Any
 
@@ -26,7 +27,9 @@ import orjson
 __all__ = [
     "PSEUDONYM_HEX",
     "Pseudonymizer",
+    "erase_key",
     "erase_request",
+    "erased_ids",
     "protect",
     "pseudonymize",
     "read_erase_record",
@@ -140,16 +143,52 @@ def salt_check(salt: str) -> str:
     return pseudonymize("pulse:salt-check", salt)[:12] if salt else ""
 
 
-def erase_request(user: str, salt: str, request_id: str, now_ms: int) -> tuple[str, bytes]:
-    """The key (the user's id as the workers hold it) and value of an erase request.
+def erase_key(user: str, salt: str, app_id: str) -> str:
+    """The key of ``user``'s erase requests: never the raw id.
 
-    >>> key, value = erase_request("u-42", "", "r1", 5)
-    >>> key, orjson.loads(value)
-    ('u-42', {'request_id': 'r1', 'requested_at': 5, 'salt_check': ''})
+    With a salt, the pseudonym the workers hold (``user`` as they know it);
+    without one, a pseudonym keyed by the app id, so ``pulse.erasures`` holds
+    no raw id either (the worker finds the user by hashing the ids it holds).
+
+    >>> erase_key("u-42", "", "pulse") == pseudonymize("u-42", "pulse-erasures:pulse")
+    True
+    >>> erase_key("u-42", "salt", "pulse") == pseudonymize("u-42", "salt")
+    True
     """
-    key = pseudonymize(user, salt) if salt else user
+    return pseudonymize(user, salt or f"pulse-erasures:{app_id}")
+
+
+def erase_request(
+    user: str, salt: str, app_id: str, request_id: str, now_ms: int
+) -> tuple[str, bytes]:
+    """The key (:func:`erase_key`) and value of an erase request.
+
+    >>> key, value = erase_request("u-42", "", "pulse", "r1", 5)
+    >>> len(key), orjson.loads(value)
+    (32, {'request_id': 'r1', 'requested_at': 5, 'salt_check': ''})
+    """
+    key = erase_key(user, salt, app_id)
     value = {"request_id": request_id, "requested_at": now_ms, "salt_check": salt_check(salt)}
     return key, orjson.dumps(value)
+
+
+def erased_ids(keys: Iterable[str], ids: Iterable[str], salt: str, app_id: str) -> set[str]:
+    """The ``ids`` (as workers hold them) that the erase request ``keys`` name.
+
+    With a salt the ids are pseudonyms and the keys name them as they are;
+    without one each id is hashed as :func:`erase_key` does.
+
+    >>> k = erase_key("bob", "", "pulse")
+    >>> sorted(erased_ids([k], ["alice", "bob"], "", "pulse"))
+    ['bob']
+    >>> sorted(erased_ids(["p1"], ["p1", "p2"], "salt", "pulse"))
+    ['p1']
+    """
+    wanted = set(keys)
+    if salt:
+        return {i for i in ids if i in wanted}
+    hashed = Pseudonymizer(f"pulse-erasures:{app_id}")
+    return {i for i in ids if hashed(i) in wanted}
 
 
 def read_erase_record(key: bytes | None, value: bytes | None) -> tuple[str, dict[str, Any]] | None:

@@ -13,6 +13,7 @@ import ssl
 
 from aiokafka import errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.conn import create_conn
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.protocol.metadata import MetadataRequest
@@ -105,6 +106,24 @@ TOPICS: dict[str, dict[str, str]] = {
     "campaigns": {"cleanup.policy": "compact"},
     "erasures": {"cleanup.policy": "compact"},  # `pulse erase` requests, co-partitioned with events
 }
+#: topics whose records carry ids as trackers sent them (events, DLQ) or a user's id in
+#: triggers (the pseudonym with a salt): kept for PULSE_RAW_RETENTION (``pulse erase`` says so)
+RAW_ID_TOPICS = ("events", "events.dlq", "triggers", "triggers.retry", "triggers.dlq")
+
+
+def topic_config(settings: Settings, short: str) -> dict[str, str]:
+    """The config a Pulse topic is created with.
+
+    >>> from stream.config import Settings
+    >>> topic_config(Settings.from_env({"PULSE_RAW_RETENTION": "2d"}), "events.dlq")
+    {'retention.ms': '172800000'}
+    """
+    cfg = dict(TOPICS[short])
+    if short in RAW_ID_TOPICS:
+        cfg["retention.ms"] = str(int(settings.raw_retention_s * 1000))
+    return cfg
+
+
 #: internal topics with a fixed partition count
 INTERNAL: dict[str, int] = {"metrics.partials": 1}
 
@@ -145,9 +164,9 @@ async def ensure_topics(settings: Settings) -> list[str]:
                 name=settings.topic(short),
                 num_partitions=settings.partitions,
                 replication_factor=settings.replication_factor,
-                topic_configs=cfg,
+                topic_configs=topic_config(settings, short),
             )
-            for short, cfg in TOPICS.items()
+            for short in TOPICS
             if settings.topic(short) not in existing
         ] + [
             NewTopic(
@@ -167,3 +186,25 @@ async def ensure_topics(settings: Settings) -> list[str]:
         return [t.name for t in wanted]
     finally:
         await admin.close()
+
+
+async def retention_ms(settings: Settings, names: list[str]) -> dict[str, int | None]:
+    """``retention.ms`` of each topic as the broker has it (-1: forever; None: unknown)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=f"{settings.app_id}-admin",
+        request_timeout_ms=15000,
+        **settings.kafka_client_kwargs(),
+    )
+    out: dict[str, int | None] = dict.fromkeys(names)
+    await admin.start()
+    try:
+        wanted = [ConfigResource(ConfigResourceType.TOPIC, n, {"retention.ms": None}) for n in names]
+        for response in await admin.describe_configs(wanted):
+            for error, _msg, _type, name, entries, *_ in response.resources:
+                for entry in entries if not error else ():
+                    if entry[0] == "retention.ms" and name in out:
+                        out[name] = int(entry[1])
+    finally:
+        await admin.close()
+    return out

@@ -1,17 +1,19 @@
 """``pulse erase --user ID``: ask the workers to forget a user, then wait for their answer.
 
-The request goes to the compacted ``pulse.erasures`` topic, keyed by the user's
-id as the workers hold it (the pseudonym when ``PULSE_PSEUDONYMIZE_SALT`` is
-set), in the partition Kafka's default partitioner gives the raw id on
-``pulse.events`` — the partition whose worker holds the user's state. That
+The request goes to the compacted ``pulse.erasures`` topic, keyed by a pseudonym
+of the user's id, never the raw id (:func:`~stream.core.privacy.erase_key`: the
+id as workers hold it when ``PULSE_PSEUDONYMIZE_SALT`` is set), in the partition
+Kafka's default partitioner gives the raw id on ``pulse.events`` — the partition
+whose worker holds the user's state. That
 worker answers with an acknowledgement record (same key and partition).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -20,6 +22,9 @@ from aiokafka.partitioner import DefaultPartitioner
 from stream.config import Settings
 from stream.core.errors import PulseError
 from stream.core.privacy import erase_request, read_erase_record
+from stream.kafka.topics import RAW_ID_TOPICS, retention_ms
+
+log = logging.getLogger(__name__)
 
 
 class EraseError(PulseError, RuntimeError):
@@ -28,13 +33,15 @@ class EraseError(PulseError, RuntimeError):
 
 @dataclass
 class EraseReceipt:
-    user_key: str  # the id as workers hold it (pseudonym with a salt)
+    user_key: str  # the request's key: a pseudonym (stream.core.privacy.erase_key)
     request_id: str
     topic: str
     partition: int
     offset: int
     ack: dict[str, Any] | None = None  # the worker's answer; None when none came in time
     waited_s: float = 0.0  # from sending the request to reading the acknowledgement
+    #: topic -> retention.ms of the topics that keep the user's ids as records (RAW_ID_TOPICS)
+    retention: dict[str, int | None] = field(default_factory=dict)
 
 
 async def request_erasure(settings: Settings, user: str, wait_s: float = 60.0) -> EraseReceipt:
@@ -44,7 +51,8 @@ async def request_erasure(settings: Settings, user: str, wait_s: float = 60.0) -
         raise EraseError("--user is empty: pass the user_id or anonymous_id to erase")
     events, name = s.topic("events"), s.topic("erasures")
     request_id = uuid.uuid4().hex
-    key, value = erase_request(user, s.pseudonymize_salt, request_id, int(time.time() * 1000))
+    now_ms = int(time.time() * 1000)
+    key, value = erase_request(user, s.pseudonymize_salt, s.app_id, request_id, now_ms)
     producer = AIOKafkaProducer(
         bootstrap_servers=s.kafka_bootstrap,
         acks="all",
@@ -71,7 +79,34 @@ async def request_erasure(settings: Settings, user: str, wait_s: float = 60.0) -
     if wait_s > 0:
         receipt.ack = await _wait_ack(s, receipt, wait_s)
         receipt.waited_s = time.monotonic() - sent_at
+    try:
+        receipt.retention = await retention_ms(s, [s.topic(t) for t in RAW_ID_TOPICS])
+    except Exception as exc:  # the erasure is done; only the report is poorer
+        log.warning("could not read the topics' retention.ms (%s)", exc)
     return receipt
+
+
+async def erased_keys(settings: Settings) -> set[str]:
+    """The keys of every erase request on ``pulse.erasures`` (pseudonyms, never raw ids).
+
+    ``pulse deliver replay`` skips a dead-lettered trigger whose user they name
+    (:func:`~stream.core.privacy.erased_ids`).
+    """
+    from stream.kafka.reading import TopicMissing, read_records
+
+    try:
+        rows = await read_records(
+            settings, settings.topic("erasures"), client="erasures",
+            hint="and check PULSE_TOPIC_PREFIX",
+        )  # fmt: skip
+    except TopicMissing:
+        return set()
+    keys = set()
+    for *_, key, value in rows:
+        found = read_erase_record(key, value)
+        if found is not None and "status" not in found[1]:
+            keys.add(found[0])
+    return keys
 
 
 async def _wait_ack(
@@ -133,6 +168,36 @@ def describe(user: str, receipt: EraseReceipt, wait_s: float) -> tuple[int, str]
         f"{head}; applied {receipt.waited_s:.2f}s after the request: last click removed (changelog "
         f"tombstone) on partitions {ack.get('clicks') or 'none held'}, model features "
         f"removed and checkpointed on partitions {ack.get('models') or 'none held'}, "
-        "segment cache dropped. Records already on pulse.triggers, pulse.events and "
-        "pulse.events.dlq are not rewritten (see README, Privacy)."
+        f"segment cache dropped. {kept(receipt.retention)}"
     )
+
+
+def kept(retention: dict[str, int | None]) -> str:
+    """What erase does not rewrite, and how long it stays (the topics' ``retention.ms``).
+
+    >>> kept({"pulse.events": 604_800_000, "pulse.events.dlq": -1, "pulse.triggers": None})
+    'Records already written are not rewritten; they expire with their topic: pulse.events \
+after 7 days, pulse.events.dlq never (retention.ms=-1: set a retention), pulse.triggers \
+(retention unknown) (see README, Privacy).'
+    """
+    if not retention:
+        return (
+            "Records already on pulse.triggers, pulse.events and pulse.events.dlq are not "
+            "rewritten; they expire with their topics' retention (see README, Privacy)."
+        )
+    parts = [f"{topic} {_for(ms)}" for topic, ms in retention.items()]
+    return (
+        "Records already written are not rewritten; they expire with their topic: "
+        f"{', '.join(parts)} (see README, Privacy)."
+    )
+
+
+def _for(ms: int | None) -> str:
+    if ms is None:
+        return "(retention unknown)"
+    if ms < 0:
+        return "never (retention.ms=-1: set a retention)"
+    hours = ms / 3_600_000
+    if hours >= 48 and hours % 24 == 0:
+        return f"after {hours / 24:g} days"
+    return f"after {hours:g} hours" if hours >= 1 else f"after {ms / 1000:g} s"

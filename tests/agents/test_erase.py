@@ -14,7 +14,8 @@ from tests.agents.conftest import T0, event, sent
 def test_erase_drops_the_users_state_and_acks(rt: Runtime) -> None:
     IngestAgent(rt).handle([(b"alice", event("e1", "click", user="alice"), 2, 0, T0)], T0)
     rt.stores["clicks"].put(2, "alice", [T0, "c1", "", "web", 2])
-    key, value = erase_request("alice", "", "r1", T0)
+    key, value = erase_request("alice", "", rt.settings.app_id, "r1", T0)
+    assert b"alice" not in key.encode() + value  # no raw id on pulse.erasures, salt or not
     agent = EraseAgent(rt)
     sends, status = agent.handle(key.encode(), value, 2, 5)
     assert status == "applied"
@@ -22,7 +23,7 @@ def test_erase_drops_the_users_state_and_acks(rt: Runtime) -> None:
     assert [p for p, _, _ in sent(sends, "pulse-models-changelog")] == [2]
     ((p, ack_key, ack),) = sent(sends, "pulse.erasures")
     body = orjson.loads(ack)  # type: ignore[arg-type]
-    assert (p, ack_key, body["status"], body["clicks"]) == (2, b"alice", "applied", [2])
+    assert (p, ack_key, body["status"], body["clicks"]) == (2, key.encode(), "applied", [2])
     assert rt.stores["clicks"].get("alice") is None
     assert "alice" not in rt.stage.window_state(2).last_click
     assert [s.topic for s in sends][-1] == "pulse.erasures"  # the ack comes last
@@ -31,7 +32,7 @@ def test_erase_drops_the_users_state_and_acks(rt: Runtime) -> None:
 
 
 def test_a_request_with_another_salt_erases_nothing(rt: Runtime) -> None:
-    key, value = erase_request("alice", "other-salt", "r2", T0)
+    key, value = erase_request("alice", "other-salt", rt.settings.app_id, "r2", T0)
     sends, status = EraseAgent(rt).handle(key.encode(), value, 0, 1)
     assert status == "salt_mismatch"
     assert [s.topic for s in sends] == ["pulse.erasures"]

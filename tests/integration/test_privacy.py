@@ -169,6 +169,8 @@ async def test_pseudonyms_ip_truncation_consent_and_erase(
     erase_s = time.monotonic() - started
     assert done.returncode == 0, done.stderr + done.stdout
     assert pseudo(ALICE) in done.stdout and "applied" in done.stdout, done.stdout
+    for name in ("events", "events.dlq", "triggers"):  # the retention the topics were made with
+        assert f"{topic(worker_env, name)} after 7 days" in done.stdout, done.stdout
     print(f"pulse erase took {erase_s:.1f}s end to end: {done.stdout.strip()}")
     clicks = latest(await changelog(kafka, worker_env, "clicks"))
     assert clicks[orjson.dumps(pseudo(ALICE))] is None

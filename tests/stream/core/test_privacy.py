@@ -190,8 +190,10 @@ def test_ingestor_with_salt_emits_no_raw_id() -> None:
 
 
 def test_erase_request_round_trip_and_salt_check() -> None:
-    key, value = erase_request("alice", "salt", "r1", 7)
+    key, value = erase_request("alice", "salt", "pulse", "r1", 7)
     assert key == pseudonymize("alice", "salt")
+    unsalted, _ = erase_request("alice", "", "pulse", "r1", 7)
+    assert "alice" not in unsalted and unsalted != erase_request("alice", "", "other", "r", 7)[0]
     assert read_erase_record(key.encode(), value) == (
         key,
         {"request_id": "r1", "requested_at": 7, "salt_check": salt_check("salt")},
