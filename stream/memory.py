@@ -4,7 +4,7 @@ glibc keeps what the program frees in its heaps: after a restore or the expiry
 of a dedup segment, numpy and RocksDB have freed memory that still shows in
 RSS, so :func:`release_free_memory` trims it. And by default glibc raises its
 mmap threshold to the size of each large block freed, so that the next
-temporaries of that size (a model checkpoint being pickled and encoded, several
+temporaries of that size (a model checkpoint being encoded, several
 MiB every ``PULSE_CHECKPOINT_INTERVAL``) come from the heap and stay there until
 a trim: RSS then steps up and down by ~10 MiB, hiding whether state grows.
 :func:`bound_allocator_retention` fixes the thresholds, so blocks of 128 KiB

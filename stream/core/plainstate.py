@@ -260,16 +260,26 @@ def load_rocauc(m: metrics.ROCAUC, state: list[dict[str, Any]]) -> None:
 
 
 def page_hinkley_state(d: PageHinkley) -> dict[str, Any]:
+    """A drift detector's running sums; JSON-safe on its own (merger snapshots are JSON)."""
     return {
         "drift": d._drift_detected,
-        "mean": mean_state(d._x_mean),
-        "sums": [d._sum_increase, d._sum_decrease],
-        "extremes": [d._min_increase, d._max_decrease],
+        "mean": [_spell(v) for v in mean_state(d._x_mean)],
+        "sums": [_spell(d._sum_increase), _spell(d._sum_decrease)],
+        "extremes": [_spell(d._min_increase), _spell(d._max_decrease)],
     }
 
 
 def load_page_hinkley(d: PageHinkley, state: dict[str, Any]) -> None:
     d._drift_detected = bool(state["drift"])
-    load_mean(d._x_mean, state["mean"])
-    d._sum_increase, d._sum_decrease = (float(x) for x in state["sums"])
-    d._min_increase, d._max_decrease = (_number(x) for x in state["extremes"])
+    load_mean(d._x_mean, [_read(v) for v in state["mean"]])
+    d._sum_increase, d._sum_decrease = (float(_read(x)) for x in state["sums"])
+    d._min_increase, d._max_decrease = (_read(x) for x in state["extremes"])
+
+
+def _spell(x: Any) -> Any:
+    """``x``, or its name when JSON has no number for it (a detector starts at ``inf``)."""
+    return x if not isinstance(x, float) or math.isfinite(x) else repr(x)
+
+
+def _read(x: Any) -> Any:
+    return float(x) if x in ("inf", "-inf", "nan") else _number(x)

@@ -199,7 +199,9 @@ async def retention_ms(settings: Settings, names: list[str]) -> dict[str, int | 
     out: dict[str, int | None] = dict.fromkeys(names)
     await admin.start()
     try:
-        wanted = [ConfigResource(ConfigResourceType.TOPIC, n, {"retention.ms": None}) for n in names]
+        wanted = [
+            ConfigResource(ConfigResourceType.TOPIC, n, {"retention.ms": None}) for n in names
+        ]
         for response in await admin.describe_configs(wanted):
             for error, _msg, _type, name, entries, *_ in response.resources:
                 for entry in entries if not error else ():
