@@ -18,6 +18,18 @@ endpoint whose ``actions`` globs (:func:`fnmatch.fnmatchcase`) match its action:
 >>> cfg.schedule, cfg.max_attempts
 ((5.0, 60.0), 3)
 
+An endpoint with ``type: braze | customerio | klaviyo`` gets the vendor's API
+request instead (:mod:`stream.core.adapters`), for user-level actions only:
+
+>>> cfg = parse_config('''
+... endpoints:
+...   - type: klaviyo
+...     api_key: ${KLAVIYO_KEY}
+...     actions: ["user.*"]
+... ''', env={"KLAVIYO_KEY": "pk_123"})
+>>> e = cfg.matching("user.send_offer")[0]; e.kind, e.url, e.adapter.api_key
+('klaviyo', 'https://a.klaviyo.com', 'pk_123')
+
 A response is classified (:func:`classify`): 2xx delivered; 408, 429, 5xx,
 network errors and timeouts are retried; 410 and every other status are final:
 
@@ -30,6 +42,7 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
+import os
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -41,6 +54,7 @@ from typing import Any, Literal
 import yaml
 from standardwebhooks.webhooks import Webhook
 
+from stream.core.adapters import Adapter, parse_adapter
 from stream.core.durations import parse_duration
 from stream.core.errors import ConfigError
 from stream.core.rules import CAMPAIGN_ACTIONS
@@ -59,13 +73,20 @@ ACTIONS = (*CAMPAIGN_ACTIONS, "user.send_offer", "user.send_reminder")
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One receiver: where to POST, which actions, the signing secrets, extra headers."""
+    """One receiver: where to POST, which actions, the signing secrets, extra headers;
+    or, with ``adapter``, a vendor API (``url`` is then its base URL, and no secrets)."""
 
     url: str
     actions: tuple[str, ...]
     secrets: tuple[str, ...]
     headers: tuple[tuple[str, str], ...] = ()
     _signers: tuple[Webhook, ...] = field(default=(), compare=False, repr=False)
+    adapter: Adapter | None = None
+
+    @property
+    def kind(self) -> str:
+        """``webhook``, ``braze``, ``customerio`` or ``klaviyo``."""
+        return self.adapter.kind if self.adapter is not None else "webhook"
 
     def matches(self, action: str) -> bool:
         return any(fnmatch.fnmatchcase(action, glob) for glob in self.actions)
@@ -138,10 +159,14 @@ def _check_secret(secret: Any, where: str) -> str:
 
 
 def parse_config(
-    text: str | Mapping[str, Any], source: str = "PULSE_DELIVERY", schedule: str = ""
+    text: str | Mapping[str, Any],
+    source: str = "PULSE_DELIVERY",
+    schedule: str = "",
+    env: Mapping[str, str] | None = None,
 ) -> DeliveryConfig:
     """Validate the delivery YAML (text or parsed); ``schedule`` (PULSE_DELIVERY_SCHEDULE)
-    overrides its ``schedule:`` key. Raises :class:`ConfigError` naming the bad entry."""
+    overrides its ``schedule:`` key; ``${NAME}`` credentials of adapter endpoints are read
+    from ``env`` (default: the environment). Raises :class:`ConfigError` naming the bad entry."""
     if isinstance(text, str):
         try:
             doc = yaml.safe_load(text)
@@ -163,7 +188,17 @@ def parse_config(
         where = f"{source}: endpoints[{i}]"
         if not isinstance(item, Mapping):
             raise ConfigError(f"{where}: expected a mapping with url, actions, secret")
-        extra = set(item) - {"url", "actions", "secret", "secrets", "headers"}
+        kind = item.get("type", "webhook")
+        if kind != "webhook":
+            base, adapter_actions, adapter = parse_adapter(
+                item, str(kind), source, i, os.environ if env is None else env
+            )
+            if base in seen:  # endpoints are told apart by url, in retry and DLQ records too
+                raise ConfigError(f"{where}: {base} is listed twice; merge its actions into one")
+            seen.add(base)
+            endpoints.append(Endpoint(base, adapter_actions, (), adapter=adapter))
+            continue
+        extra = set(item) - {"type", "url", "actions", "secret", "secrets", "headers"}
         if extra:
             raise ConfigError(f"{where}: unknown keys {sorted(extra)}")
         url = item.get("url")

@@ -1,7 +1,12 @@
 """``pulse deliver``: POST every trigger to its webhook endpoints, signed, retried durably.
 
 Decisions (config, matching, signing, outcomes, schedule) live in
-:mod:`stream.core.delivery`; this module moves records between Kafka and HTTP.
+:mod:`stream.core.delivery`, the vendor requests (Braze, Customer.io, Klaviyo)
+and Braze batching in :mod:`stream.core.adapters`; this module moves records
+between Kafka and HTTP. A try at an adapter endpoint is the vendor's request
+instead of a signed webhook; a Braze trigger waits (at most the endpoint's
+``linger``) in a batch of its campaign and takes the batch request's response
+as its own, so everything below holds per trigger for adapters too.
 
 Flow
 ----
@@ -69,7 +74,7 @@ import socket
 import time
 from collections import Counter as Tally
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,10 +85,13 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from stream.config import Settings
+from stream.core.adapters import Batcher, HttpRequest, user_id
+from stream.core.adapters import retry_after as vendor_retry_after
 from stream.core.delivery import (
     ACTIONS,
     OUTCOMES,
     Circuit,
+    Decision,
     DeliveryConfig,
     Endpoint,
     action_label,
@@ -155,14 +163,25 @@ class Response:
     status: int | None
     error: str = ""
     retry_after: str | None = None
+    #: no request was made: the adapter cannot send this trigger (dead-lettered at once)
+    invalid: bool = False
 
     @property
     def last_status(self) -> int | str:
         return self.status if self.status is not None else self.error
 
 
+Waiter = tuple[dict[str, Any], "asyncio.Future[Response]"]
+
+
 class Sender:
-    """One HTTP client and one bounded pool of requests in flight per endpoint."""
+    """One HTTP client and one bounded pool of requests in flight per endpoint.
+
+    A trigger's try is a signed webhook, or the vendor request its endpoint's adapter
+    builds. Braze triggers wait in a batch (per Braze campaign, up to ``batch`` of them,
+    at most ``linger`` long) and share its request's response; each then goes on with its
+    own outcome (delivered, retry chain, DLQ) as if it had been sent alone.
+    """
 
     def __init__(self, config: DeliveryConfig) -> None:
         self.config = config
@@ -179,22 +198,46 @@ class Sender:
                 timeout=config.timeout_s, limits=limits, follow_redirects=False
             )
             self._slots[e.url] = asyncio.Semaphore(config.concurrency)
+        self._batchers: dict[str, tuple[Endpoint, Batcher[Waiter], asyncio.Event]] = {}
+        self._flushers: list[asyncio.Task[None]] = []
+        self._batch_tasks: set[asyncio.Task[None]] = set()
+
+    async def send(self, endpoint: Endpoint, trigger: dict[str, Any], body: bytes) -> Response:
+        """One try of ``trigger`` at ``endpoint`` (``body``: the trigger's JSON, for webhooks)."""
+        adapter = endpoint.adapter
+        if adapter is None:
+            return await self.post(endpoint, str(trigger.get("trigger_id") or ""), body)
+        problem = adapter.check(trigger)
+        if problem is not None:
+            return Response(None, problem, invalid=True)
+        if adapter.batches:
+            return await self._batched(endpoint, trigger)
+        return await self.request(endpoint, lambda: adapter.request([trigger]))
 
     async def post(self, endpoint: Endpoint, msg_id: str, body: bytes) -> Response:
-        """One signed POST; fails at once while the endpoint's circuit is open (checked
+        """One signed webhook POST (signed once a slot is free: a fresh timestamp)."""
+
+        def build() -> HttpRequest:
+            headers = sign_headers(endpoint, msg_id, body, time.time())
+            return HttpRequest("POST", endpoint.url, headers, body)
+
+        return await self.request(endpoint, build)
+
+    async def request(self, endpoint: Endpoint, build: Callable[[], HttpRequest]) -> Response:
+        """One request; fails at once while the endpoint's circuit is open (checked
         again once a slot is free, so a queue built while it hung drains quickly)."""
         circuit = self._circuits[endpoint.url]
         async with self._slots[endpoint.url]:
             if not circuit.allow(time.monotonic()):
                 return Response(None, "circuit open: the endpoint kept failing, no request sent")
-            response = await self._post(endpoint, msg_id, body)
+            response = await self._send(endpoint, build())
         circuit.record(not counts_against_circuit(response.status), time.monotonic())
         return response
 
-    async def _post(self, endpoint: Endpoint, msg_id: str, body: bytes) -> Response:
-        headers = sign_headers(endpoint, msg_id, body, time.time())
+    async def _send(self, endpoint: Endpoint, req: HttpRequest) -> Response:
+        client = self._clients[endpoint.url]
         try:
-            r = await self._clients[endpoint.url].post(endpoint.url, content=body, headers=headers)
+            r = await client.request(req.method, req.url, content=req.body, headers=req.headers)
         except httpx.TimeoutException as exc:
             return Response(None, f"timeout: {type(exc).__name__}")
         except httpx.HTTPError as exc:
@@ -202,9 +245,81 @@ class Sender:
         except Exception as exc:  # e.g. a header the HTTP library refuses: retried, logged
             log.warning("POST to %s failed: %r", endpoint.url, exc)
             return Response(None, f"error: {type(exc).__name__}: {exc}"[:300])
-        return Response(r.status_code, retry_after=r.headers.get("retry-after"))
+        if endpoint.adapter is None:
+            return Response(r.status_code, retry_after=r.headers.get("retry-after"))
+        return Response(r.status_code, retry_after=vendor_retry_after(r.headers, time.time()))
+
+    # --- Braze batches ---------------------------------------------------------------
+
+    async def _batched(self, endpoint: Endpoint, trigger: dict[str, Any]) -> Response:
+        adapter = endpoint.adapter
+        assert adapter is not None
+        loop = asyncio.get_running_loop()
+        if endpoint.url not in self._batchers:
+            batcher: Batcher[Waiter] = Batcher(adapter.batch_size, adapter.linger_s)
+            self._batchers[endpoint.url] = (endpoint, batcher, asyncio.Event())
+            self._flushers.append(loop.create_task(self._flusher(endpoint.url)))
+        _, batcher, wake = self._batchers[endpoint.url]
+        future: asyncio.Future[Response] = loop.create_future()
+        key, user = adapter.batch_key(trigger), user_id(trigger)
+        for batch in batcher.add(key, user, (trigger, future), time.monotonic()):
+            self._spawn_batch(endpoint, batch)
+        wake.set()
+        return await future  # cancelled (a revoked partition): left out of the request
+
+    async def _flusher(self, url: str) -> None:
+        """Send each batch once its linger is over."""
+        endpoint, batcher, wake = self._batchers[url]
+        while True:
+            due = batcher.next_due()
+            wake.clear()
+            timeout = None if due is None else max(0.0, due - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout)
+            for batch in batcher.due(time.monotonic()):
+                self._spawn_batch(endpoint, batch)
+
+    def _spawn_batch(self, endpoint: Endpoint, batch: list[Waiter]) -> None:
+        task = asyncio.get_running_loop().create_task(self._send_batch(endpoint, batch))
+        self._batch_tasks.add(task)
+        task.add_done_callback(self._batch_tasks.discard)
+
+    async def _send_batch(self, endpoint: Endpoint, batch: list[Waiter]) -> None:
+        """One request for the batch's triggers still waiting; its response is each one's."""
+        adapter = endpoint.adapter
+        assert adapter is not None
+        live = [(t, f) for t, f in batch if not f.done()]
+        if not live:
+            return
+        try:
+            response = await self.request(endpoint, lambda: adapter.request([t for t, _ in live]))
+        except asyncio.CancelledError:
+            for _, f in live:
+                f.cancel()
+            raise
+        except Exception as exc:  # a bug: each trigger's task fails (the process stops)
+            for _, f in live:
+                if not f.done():
+                    f.set_exception(exc)
+            return
+        for _, f in live:
+            if not f.done():
+                f.set_result(response)
+
+    def flush(self) -> None:
+        """Send every open batch now (on shutdown), without waiting for its linger."""
+        for endpoint, batcher, _ in self._batchers.values():
+            for batch in batcher.drain():
+                self._spawn_batch(endpoint, batch)
 
     async def close(self) -> None:
+        self.flush()
+        if self._batch_tasks:
+            await asyncio.wait(list(self._batch_tasks), timeout=self.config.timeout_s + 1)
+        tasks = [*self._flushers, *self._batch_tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for client in self._clients.values():
             await client.aclose()
 
@@ -284,17 +399,21 @@ class Deliverer:
     async def _try(
         self, trigger: dict[str, Any], body: bytes, endpoint: Endpoint, attempt: int
     ) -> None:
-        """One POST, then delivered / durable retry record / DLQ record (acknowledged)."""
+        """One try (a webhook POST, or the adapter's request, Braze's in a batch), then
+        delivered / durable retry record / DLQ record (acknowledged)."""
         assert self.sender is not None
         action = action_label(trigger.get("action"))
         msg_id = str(trigger.get("trigger_id") or "")
-        response = await self.sender.post(endpoint, msg_id, body)
-        self.metrics.attempts.labels(action).inc()
+        response = await self.sender.send(endpoint, trigger, body)
         now_ms = int(time.time() * 1000)
-        d = decide(
-            response.status, response.error, attempt, self.config, now_ms, self.rng,
-            response.retry_after,
-        )  # fmt: skip
+        if response.invalid:  # an adapter cannot send it (e.g. no user): no request made
+            d = Decision("dead_letter", reason="rejected")
+        else:
+            self.metrics.attempts.labels(action).inc()
+            d = decide(
+                response.status, response.error, attempt, self.config, now_ms, self.rng,
+                response.retry_after,
+            )  # fmt: skip
         if d.kind == "delivered":
             self.metrics.deliveries.labels(action, "delivered").inc()
             lat = latency_s(trigger, now_ms)
@@ -556,7 +675,10 @@ class Deliverer:
                     event.set()
 
     async def _drain(self, timeout_s: float = 10.0) -> None:
-        """On shutdown: let tries in flight end (waiting retries are cancelled), commit."""
+        """On shutdown: let tries in flight end (waiting retries are cancelled, open Braze
+        batches sent at once), commit."""
+        if self.sender is not None:
+            self.sender.flush()
         for task in list(self.waiting):
             if task is not None:
                 task.cancel()
@@ -677,8 +799,8 @@ async def replay_dlq(
         msg_id = str(trigger.get("trigger_id"))
         response = Response(None)
         for n in range(tries):
-            response = await sender.post(endpoint, msg_id, body)
-            if classify(response.status) != "retry":
+            response = await sender.send(endpoint, trigger, body)
+            if response.invalid or classify(response.status) != "retry":
                 break
             await asyncio.sleep(min(2.0**n, 5.0))
         if classify(response.status) == "delivered":
