@@ -1,4 +1,4 @@
-"""``pulse deliver``: signed webhook delivery of triggers; ``pulse deliver replay --from-dlq``.
+"""``pulse deliver``: delivery of triggers to webhooks and vendors; ``pulse deliver replay``.
 
 >>> from stream.cli import build_parser
 >>> args = build_parser().parse_args(["deliver", "replay", "--from-dlq", "--action", "user.*"])
@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser(
-        "deliver", help="POST triggers to the webhook endpoints of PULSE_DELIVERY (signed, retried)"
+        "deliver",
+        help="POST triggers to the endpoints of PULSE_DELIVERY (signed webhooks, Braze, "
+        "Customer.io, Klaviyo; retried)",
     )
     d.set_defaults(func=cmd_deliver, deliver_command=None)
     inner = d.add_subparsers(dest="deliver_command")
@@ -73,7 +75,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         f"replayed {s.matched} dead-lettered triggers ({s.read} DLQ records read"
         + (f", action {args.action}" if args.action else "")
         + f"): {s.delivered} delivered, {s.failed} failed, "
-        f"{s.no_endpoint} skipped (endpoint no longer configured)"
+        f"{s.no_endpoint} skipped (endpoint no longer configured), "
+        f"{s.erased} skipped (user erased)"
     )
     for line in s.failures[:50]:
         print(f"  failed: {line}")

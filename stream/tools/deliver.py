@@ -105,7 +105,9 @@ from stream.core.delivery import (
     retry_record,
     sign_headers,
 )
+from stream.core.privacy import erased_ids
 from stream.kafka.writer import EventWriter, until_written
+from stream.tools.erase import erased_keys
 
 log = logging.getLogger(__name__)
 
@@ -752,6 +754,7 @@ class ReplaySummary:
     delivered: int = 0
     failed: int = 0
     no_endpoint: int = 0
+    erased: int = 0  # skipped: the trigger's user was erased (`pulse erase`)
     failures: list[str] = field(default_factory=list)
 
 
@@ -765,7 +768,8 @@ async def replay_dlq(
 
     Repeats on the DLQ (a crash may write one twice) are sent once. A retryable
     failure is tried again up to ``tries`` times within seconds; what still fails
-    stays on the DLQ (nothing is removed from it) and is listed.
+    stays on the DLQ (nothing is removed from it) and is listed. A trigger of a
+    user erased since (a request on ``pulse.erasures``) is not sent.
     """
     from stream.kafka.reading import read_records
 
@@ -774,6 +778,8 @@ async def replay_dlq(
         settings, settings.topic("triggers.dlq"), client="deliver-replay",
         hint="and check PULSE_TOPIC_PREFIX",
     )  # fmt: skip
+    erased = await erased_keys(settings)
+    salt, app_id = settings.pseudonymize_salt, settings.app_id
     todo: dict[tuple[str, str], tuple[dict[str, Any], Endpoint]] = {}
     for *_, raw in rows:
         summary.read += 1
@@ -789,6 +795,11 @@ async def replay_dlq(
         endpoint = config.endpoint(str(rec.get("endpoint")))
         if endpoint is None:
             summary.no_endpoint += 1
+            continue
+        target = trigger.get("target")
+        user = target.get("user_id") if isinstance(target, dict) else None
+        if erased and isinstance(user, str) and erased_ids(erased, [user], salt, app_id):
+            summary.erased += 1
             continue
         todo[(str(trigger.get("trigger_id")), endpoint.url)] = (trigger, endpoint)
     summary.matched = len(todo)

@@ -25,6 +25,7 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from stream.core.adapters import customerio_event_id
+from stream.core.privacy import erase_request
 from stream.core.rules import CAMPAIGN_ACTIONS
 from stream.tools.broker import KafkaBroker, free_port
 from tests.integration.conftest import ROOT, deployment_env
@@ -307,6 +308,19 @@ async def test_adapters_batch_retry_and_keep_campaign_actions_on_the_webhook(
         good = await asyncio.to_thread(replay, "user.send_offer")
         assert good.returncode == 0 and "1 delivered, 0 failed" in good.stdout, good.stdout
         assert vendors.accepted["customerio"][rejected_id] == 1
+        # once its user is erased, the dead-lettered offer is not sent again
+        (offer,) = [r["trigger"] for r in dlq if r["trigger"]["trigger_id"] == rejected_id]
+        key, request = erase_request(
+            offer["target"]["user_id"], "", env["PULSE_APP_ID"], "erase-1", int(time.time() * 1000)
+        )
+        await produce(
+            kafka.bootstrap, env["PULSE_TOPIC_PREFIX"] + "erasures", [(key.encode(), request)]
+        )
+        requests_before = sum(vendors.requests.values())
+        gone = await asyncio.to_thread(replay, "user.send_offer")
+        assert gone.returncode == 0 and "1 skipped (user erased)" in gone.stdout, gone.stdout
+        assert "replayed 0 dead-lettered triggers" in gone.stdout, gone.stdout
+        assert sum(vendors.requests.values()) == requests_before
 
         print(
             f"\nadapters: {len(user_ids)} user-level triggers to Braze, Customer.io and Klaviyo "
