@@ -454,6 +454,8 @@ class IngestAgent:
         async def ingest() -> None:
             async for messages in message_batches(events_topic, s.batch_size):
                 seen = rt.generation  # read with the batch, before any await
+                if rt.fx_ready is not None and not rt.fx_ready.is_set():
+                    await rt.fx_ready.wait()  # every rate written before start is known
                 async with rt.lock:
                     if seen != rt.generation or not rt.state_current:
                         log.info(

@@ -163,8 +163,12 @@ def create_app(settings: Settings) -> faust.App:
         ("campaigns", rt.apply_campaign_records),
         ("metrics", rt.apply_metric_records),
         ("triggers", rt.apply_trigger_records),
+        ("fx", rt.apply_fx_records),
     ):
-        app.service(TopicFollower(settings, settings.topic(name), apply))  # type: ignore[arg-type]
+        follower = TopicFollower(settings, settings.topic(name), apply)
+        app.service(follower)  # type: ignore[arg-type]
+        if name == "fx":  # events convert with every rate known at start (replays agree)
+            rt.fx_ready = follower.caught_up
 
     acks = not settings.transactions  # else offsets are committed with each batch
     events = message_topic(app, settings.topic("events"), settings.partitions, acks)

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from stream.core.durations import parse_duration
+from stream.core.fx import FxError, FxRates, currency_code
 from stream.core.pipeline import PipelineConfig
 from stream.core.sealing import StateKey
 
@@ -97,7 +98,20 @@ DEFAULTS: dict[str, str] = {
     "PULSE_DELIVERY_SCHEDULE": "",
     "PULSE_DELIVER_PORT": "6067",
     "PULSE_RAW_RETENTION": "7d",
+    "PULSE_CURRENCY": "USD",
 }
+
+
+def reporting_currency(value: str) -> str:
+    """``PULSE_CURRENCY`` checked: an ISO 4217 code.
+
+    >>> reporting_currency("eur")
+    'EUR'
+    """
+    try:
+        return currency_code(value)
+    except FxError as exc:
+        raise ValueError(f"PULSE_CURRENCY: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -153,6 +167,8 @@ class Settings:
     deliver_port: int = 6067
     #: PULSE_RAW_RETENTION: retention of the topics that hold raw user ids (RAW_ID_TOPICS)
     raw_retention_s: float = 604_800.0
+    #: PULSE_CURRENCY: the reporting currency of revenue, spend and ROAS (ISO 4217)
+    currency: str = "USD"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -249,6 +265,7 @@ class Settings:
             delivery_schedule=v["PULSE_DELIVERY_SCHEDULE"],
             deliver_port=integer("PULSE_DELIVER_PORT"),
             raw_retention_s=duration("PULSE_RAW_RETENTION"),
+            currency=reporting_currency(v["PULSE_CURRENCY"]),
         )
 
     def group_instance_id(self) -> str:
@@ -305,6 +322,7 @@ class Settings:
             partitions=self.partitions,
             salt=self.pseudonymize_salt,
             state_key=StateKey(self.state_key, self.app_id),
+            fx=FxRates(self.currency),
         )
 
     def with_(self, **changes: object) -> Settings:

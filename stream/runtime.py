@@ -115,6 +115,8 @@ class Runtime:
     transactions: Transactions | None = None
     assigned: bool = False
     recovered: bool = False
+    #: set once the follower of ``pulse.fx`` has read the topic to its end (None offline)
+    fx_ready: asyncio.Event | None = None
     #: bumped under ``lock`` when a rebalance revokes partitions: a batch read before
     #: it belongs to the old assignment and is not processed (nor acknowledged)
     generation: int = 0
@@ -275,6 +277,14 @@ class Runtime:
             if rejected is not None:
                 log.warning("campaign %r keeps its previous settings: %s", cid, rejected)
                 self.metrics.count_settings_rejected(rejected.reason)
+
+    def apply_fx_records(self, records: Records) -> None:
+        """Exchange rates from ``pulse.fx`` into the pipeline's table (a bad one is logged)."""
+        fx = self.pipeline.config.fx
+        for key, value in records:
+            refused = fx.apply(key, value)
+            if refused is not None:
+                log.warning("ignored pulse.fx record %r: %s", key, refused)
 
     def apply_metric_records(self, records: Records) -> None:
         for _, value in records:

@@ -53,6 +53,7 @@ CONTRACT_METRICS = frozenset(
         "pulse_event_lag_seconds",
         "pulse_trigger_latency_seconds",
         "pulse_segment_unmapped_total",
+        "pulse_revenue_unconverted_total",
     }
 )
 
@@ -61,6 +62,11 @@ LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 
 #: distinct Segment event names given their own ``pulse_segment_unmapped_total`` series
 MAX_UNMAPPED_NAMES = 100
+#: the ``table`` label values of ``pulse_state_records_refused_total``
+STATE_TABLES = ("windows", "clicks", "models", "merger", "dedup")
+#: distinct currencies given their own ``pulse_revenue_unconverted_total`` series (ISO 4217
+#: has about 180)
+MAX_CURRENCIES = 200
 
 
 class PulseMetrics:
@@ -141,16 +147,25 @@ class PulseMetrics:
             ["event"],
             registry=r,
         )
+        self.unconverted = PromCounter(
+            "pulse_revenue_unconverted",
+            "Purchases without an exchange rate into the reporting currency (not in revenue)",
+            ["currency"],
+            registry=r,
+        )
         self.state_refused = PromCounter(
             "pulse_state_records_refused",
             "State records that did not decode or authenticate (the restore stopped)",
             ["table"],
             registry=r,
         )
+        for table in STATE_TABLES:  # exported from the start, at 0
+            self.state_refused.labels(table)
         self.clock = StageClock()  # the pipeline's stages add their CPU time to it
         r.register(StageCpu(self.clock))
         self._children: dict[tuple[str, ...], Any] = {}
         self._unmapped_names = 0
+        self._currencies = 0
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric._name, *labels)
@@ -171,8 +186,19 @@ class PulseMetrics:
             self._child(self.events, etype, channel).inc(n)
 
     def count_campaign_events(self, counted: Iterable[tuple[tuple[str, str, str], Any]]) -> None:
-        """Running campaign totals from ``(row key, event)``; purchases use their attribution."""
+        """Running campaign totals from ``(row key, event)``; purchases use their attribution
+        and their revenue in the reporting currency; those without a rate count as
+        ``pulse_revenue_unconverted_total{currency}`` (currencies are ISO 4217 codes)."""
         self.campaign_totals.add(counted)
+        for _, e in counted:
+            if e["type"] == "purchase" and e.get("revenue_reporting", 0.0) is None:
+                label = str(e.get("currency", "")).upper()[:3]
+                key = (self.unconverted._name, label)
+                if key not in self._children and self._currencies >= MAX_CURRENCIES:
+                    label = "(other)"  # codes are three letters chosen by trackers
+                elif key not in self._children:
+                    self._currencies += 1
+                self._child(self.unconverted, label).inc()
 
     def observe_windows(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Spend totals and last-window rate gauges from closed window records."""
@@ -287,8 +313,8 @@ class CampaignTotals:
             if i is None:  # add-to-carts are in the window records, not in these totals
                 continue
             row[i] += 1
-            if etype == "purchase":
-                row[3] += e.get("revenue") or 0.0
+            if etype == "purchase":  # in the reporting currency; None: no rate
+                row[3] += e.get("revenue_reporting", e.get("revenue")) or 0.0
 
     def collect(self) -> Iterator[Metric]:
         labels = ["campaign_id", "variant_id", "channel"]

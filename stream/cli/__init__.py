@@ -18,6 +18,7 @@ from stream.cli import (
     deliver,
     demo,
     erase,
+    fx,
     replay,
     report,
     simulate,
@@ -25,7 +26,19 @@ from stream.cli import (
 )
 from stream.core.errors import PulseError
 
-COMMANDS = (broker, worker, demo, simulate, campaign, replay, erase, backtest, report, deliver)
+COMMANDS = (
+    broker,
+    worker,
+    demo,
+    simulate,
+    campaign,
+    fx,
+    replay,
+    erase,
+    backtest,
+    report,
+    deliver,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,20 +14,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     bt.add_argument("file", help=".jsonl/.ndjson, .csv or .parquet")
     bt.add_argument("--out", required=True, help="output directory")
     bt.add_argument("--campaigns", default=None, help="JSONL of campaign settings (cost models)")
+    bt.add_argument(
+        "--fx", default=None, help="CSV of exchange rates: currency,rate,valid_from (see README)"
+    )
     bt.set_defaults(func=cmd_backtest)
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
     import orjson
 
+    from stream.core.fx import read_csv
     from stream.tools.backtest import run_backtest
 
     campaigns = None
     if args.campaigns:
         lines = Path(args.campaigns).read_bytes().splitlines()
         campaigns = {c["campaign_id"]: c for c in map(orjson.loads, filter(None, lines))}
+    found = settings()
     try:
-        summary = run_backtest(settings(), args.file, args.out, campaigns)
+        fx = read_csv(args.fx, found.currency) if args.fx else None
+        summary = run_backtest(found, args.file, args.out, campaigns, fx=fx)
     except PulseError:
         raise
     except (FileNotFoundError, ValueError) as exc:

@@ -37,8 +37,9 @@ def _port_free(port: int) -> bool:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from stream.cli.common import ensure_topics_with_retry
     from stream.tools.broker import KafkaBroker, free_port
-    from stream.tools.simulate import run_simulation
+    from stream.tools.simulate import run_simulation, write_sim_rates
     from stream.tools.workerproc import WorkerNotReady, start_worker, stop_worker, wait_ready
 
     env = dict(os.environ)
@@ -60,6 +61,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     env.setdefault("PULSE_GRACE", "5s")
     settings = Settings.from_env(env)
     url = f"http://127.0.0.1:{settings.web_port}"
+
+    async def rates() -> dict[str, float]:
+        await ensure_topics_with_retry(settings)
+        return await write_sim_rates(settings)
+
+    fx = asyncio.run(rates())  # before the worker starts: it converts with them from the start
+    shown = ", ".join(f"1 {c} = {r:g} {settings.currency}" for c, r in fx.items())
+    print(f"exchange rates of the simulated currencies on pulse.fx: {shown}", flush=True)
     worker = start_worker(env, preexec_fn=_set_parent_death_signal)
     stopping = False
     try:

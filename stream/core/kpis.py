@@ -45,10 +45,18 @@ def metric_record(
     window_end: int,
     row: Sequence[Any],
     campaign: Mapping[str, Any] | None = None,
+    currency: str = "USD",
 ) -> dict[str, Any]:
-    """One closed-window record for campaign × variant × channel."""
+    """One closed-window record for campaign × variant × channel.
+
+    ``revenue``, ``spend`` and ``roas`` are in the reporting ``currency``;
+    ``revenue_by_currency`` keeps the amounts as sent, and ``unconverted`` counts
+    the purchases per currency that had no rate (not in ``revenue``).
+    """
     views, clicks, purchases, revenue = row[0], row[1], row[2], round(float(row[3]), 6)
     carts = row[4] if len(row) > 4 else 0
+    unconverted = dict(row[5]) if len(row) > 5 else {}
+    by_currency = {c: round(v, 6) for c, v in sorted(row[6].items())} if len(row) > 6 else {}
     cost = spend(views, clicks, campaign)
     return {
         "campaign_id": campaign_id,
@@ -62,6 +70,9 @@ def metric_record(
         "purchases": purchases,
         "revenue": revenue,
         "spend": cost,
+        "currency": currency,
+        "revenue_by_currency": by_currency,
+        "unconverted": unconverted,
         "ctr": ratio(clicks, views),
         "cvr": ratio(purchases, clicks),
         "roas": ratio(revenue, cost) if cost is not None else None,

@@ -11,7 +11,7 @@ partition's progress) is ignored, so nothing is counted twice.
 []
 >>> m.add_partial(1, 12, [(0, {("c", "A", "web"): [1, 0, 0, 0.0, 1]})])
 >>> m.ready()
-[(0, {('c', 'A', 'web'): [3, 1, 0, 0.0, 1]})]
+[(0, {('c', 'A', 'web'): [3, 1, 0, 0.0, 1, {}, {}]})]
 >>> m.add_partial(1, 12, [(0, {("c", "A", "web"): [1, 0, 0, 0.0, 1]})])  # replayed: ignored
 >>> m.ready()
 []
@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from stream.core.windows import Row, RowKey, new_row, row_of
+from stream.core.windows import Row, RowKey, add_row, new_row, row_of
 
 
 class WindowMerger:
@@ -46,8 +46,7 @@ class WindowMerger:
                 acc = target.get(key)
                 if acc is None:
                     acc = target[key] = new_row()
-                for i, value in enumerate(row):  # a row of an older release has no carts
-                    acc[i] += value
+                add_row(acc, row)  # a row of an older release is shorter
         if closed_until > before:
             self.progress[partition] = closed_until
 

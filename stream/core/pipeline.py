@@ -22,6 +22,7 @@ from typing import Any
 
 from stream.core.bandit import Allocator
 from stream.core.dedup import DedupIndex, Deduplicator
+from stream.core.fx import ALERT_COOLDOWN_MS, FxRates, missing_rate_alert
 from stream.core.ingest import BatchResult, Ingestor, RawRecord, dlq_record
 from stream.core.kpis import metric_record
 from stream.core.merge import EmittedOutputs, WindowMerger
@@ -195,9 +196,11 @@ class MergeStage:
         engine: TriggerEngine,
         campaign_settings: Callable[[str], Mapping[str, Any] | None],
         allocator: Allocator | None = None,
+        currency: str = "USD",
     ) -> None:
         self.merger = merger
         self.engine = engine
+        self.currency = currency  # the reporting currency of revenue, spend and ROAS
         self.campaign_settings = campaign_settings
         self.allocator = allocator or Allocator()
         self.emitted = EmittedOutputs()  # sent before a crash, after the last snapshot
@@ -274,9 +277,15 @@ class MergeStage:
             we = ws + size_ms
             per_campaign: dict[str, list[int]] = {}
             per_variant: dict[str, dict[str, list[int]]] = {}
+            missing: dict[str, tuple[dict[str, int], dict[str, float]]] = {}
             for (cid, vid, channel), row in sorted(rows.items()):
                 settings = self.campaign_settings(cid)
-                out.records.append(metric_record(cid, vid, channel, ws, we, row, settings))
+                out.records.append(
+                    metric_record(cid, vid, channel, ws, we, row, settings, self.currency)
+                )
+                if row[5]:  # purchases without a rate: the campaign gets an alert
+                    counts, amounts = missing.setdefault(cid, ({}, {}))
+                    add_row_counts(counts, amounts, row[5], row[6])
                 acc = per_campaign.setdefault(cid, [0, 0, 0])
                 for i in range(3):
                     acc[i] += row[i]
@@ -291,6 +300,15 @@ class MergeStage:
                 moved, held_moves = self.reallocate(cid, ws, we, per_variant[cid], stamp)
                 out.triggers.extend(fired + moved)
                 out.held.extend(held + held_moves)
+            for cid, (counts, amounts) in missing.items():
+                last = self.engine.last_fired.get(f"fx_missing|{cid}")
+                if last is not None and ws - last < ALERT_COOLDOWN_MS:
+                    out.held.append(("fx_missing", "cooldown"))
+                    continue
+                self.engine.last_fired[f"fx_missing|{cid}"] = ws
+                out.triggers.append(
+                    missing_rate_alert(cid, ws, we, counts, amounts, self.currency, stamp)
+                )
         out.drifts = self.engine.drain_drifts()
         if self.emitted:  # a replay after a crash: drop what was already sent
             out.records, out.triggers = self.emitted.drop_repeats(
@@ -300,6 +318,18 @@ class MergeStage:
 
 
 CampaignSettings = Callable[[str], Mapping[str, Any] | None]
+
+
+def add_row_counts(
+    counts: dict[str, int],
+    amounts: dict[str, float],
+    unconverted: Mapping[str, int],
+    by_currency: Mapping[str, float],
+) -> None:
+    """Sum a row's unconverted purchases and their amounts per currency into a campaign's."""
+    for currency, n in unconverted.items():
+        counts[currency] = counts.get(currency, 0) + n
+        amounts[currency] = amounts.get(currency, 0.0) + by_currency.get(currency, 0.0)
 
 
 @dataclass(frozen=True)
@@ -321,6 +351,9 @@ class PipelineConfig:
     srm_alpha: float | None = None  # the bandit's sample-ratio-mismatch rail (None: default)
     #: seals state records (PULSE_STATE_KEY; stream.core.sealing)
     state_key: StateKey = field(default_factory=lambda: StateKey("", "pulse"))
+    #: exchange rates into the reporting currency (PULSE_CURRENCY; ``pulse.fx``), shared and
+    #: updated in place by the worker's follower of ``pulse.fx``
+    fx: FxRates = field(default_factory=FxRates)
 
     @classmethod
     def load(cls, rules_file: str | Path | None = None, **kwargs: Any) -> PipelineConfig:
@@ -351,11 +384,11 @@ class Pipeline:
 
     def new_windows(self) -> PartitionWindows:
         c = self.config
-        return PartitionWindows(c.window_ms, c.grace_ms, c.attribution_ms)
+        return PartitionWindows(c.window_ms, c.grace_ms, c.attribution_ms, c.fx)
 
     def windows_from_state(self, state: Mapping[str, Any]) -> PartitionWindows:
         c = self.config
-        return PartitionWindows.from_state(state, c.window_ms, c.grace_ms, c.attribution_ms)
+        return PartitionWindows.from_state(state, c.window_ms, c.grace_ms, c.attribution_ms, c.fx)
 
     def partition_stage(
         self,
@@ -395,7 +428,9 @@ class Pipeline:
         if state and "engine" in state:
             engine.restore(state["engine"])
             allocator.restore(state.get("allocator", {}))
-        return MergeStage(merger, engine, campaign_settings or (lambda _cid: None), allocator)
+        return MergeStage(
+            merger, engine, campaign_settings or (lambda _cid: None), allocator, c.fx.reporting
+        )
 
     def stages(
         self, campaign_settings: CampaignSettings | None = None

@@ -359,8 +359,8 @@ class PropensityModel:
                 if per is None:
                     per = self.campaign_stats[cid] = [0, 0]
                 per[i - 1] += 1
-            if i == 2:
-                state[3] += float(event.get("revenue") or 0.0)
+            if i == 2:  # in the reporting currency (windows converted it; None: no rate)
+                state[3] += float(event.get("revenue_reporting", event.get("revenue")) or 0.0)
         state[4] = ts
 
     def to_state(self) -> dict[str, Any]:

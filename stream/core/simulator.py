@@ -49,6 +49,22 @@ _CHANNEL_NORM = sum(w * c for w, c in zip(_CHANNEL_WEIGHTS, _CHANNEL_CTR_RAW, st
 CHANNEL_CTR = tuple(c / _CHANNEL_NORM for c in _CHANNEL_CTR_RAW)
 
 _CURRENCIES = ("EUR", "eur", "USD", "usd", "GBP", "CHF")
+#: US dollars per unit of each currency the simulator sends (``pulse demo`` sets these)
+SIM_USD_RATES = {"USD": 1.0, "EUR": 1.08, "GBP": 1.27, "CHF": 1.13}
+
+
+def sim_rates(reporting: str) -> dict[str, float]:
+    """Rates into ``reporting`` for the simulator's currencies (none if it is not one of them).
+
+    >>> sim_rates("EUR")
+    {'USD': 0.925926, 'GBP': 1.175926, 'CHF': 1.046296}
+    """
+    base = SIM_USD_RATES.get(reporting)
+    if base is None:
+        return {}
+    return {c: round(v / base, 6) for c, v in SIM_USD_RATES.items() if c != reporting}
+
+
 _CURRENCY_WEIGHTS = (0.62, 0.06, 0.14, 0.10, 0.05, 0.03)
 _LOCALES = ("de-DE", "en-GB", "en-US", "fr-FR", "es-ES", "it-IT", "nl-NL", "pl-PL")
 _TIMEZONES = {

@@ -14,7 +14,7 @@ closes windows, whose *partial* rows are then merged across partitions by
 >>> pw.add({"type": "view", "ts": 2_000, "item_id": "sku-9", "channel": "web", "user_id": "u"})
 'item'
 >>> [(ws, rows) for ws, rows in pw.close()]
-[(0, {('c', 'A', 'web'): [1, 0, 0, 0.0, 0]})]
+[(0, {('c', 'A', 'web'): [1, 0, 0, 0.0, 0, {}, {}]})]
 >>> pw.add({"type": "click", "ts": 5_000, "campaign_id": "c", "channel": "web", "user_id": "u"})
 'late'
 """
@@ -24,26 +24,58 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from stream.core.fx import FxRates
+
 RowKey = tuple[str, str, str]  # campaign_id, variant_id ("" when absent), channel
-Row = list[Any]  # [views, clicks, purchases, revenue, carts]
+#: [views, clicks, purchases, revenue, carts, unconverted, revenue_by_currency]: revenue in
+#: the reporting currency; unconverted: currency -> purchases without a rate (their amounts
+#: are only in revenue_by_currency: currency -> original amount, converted ones included)
+Row = list[Any]
 TYPE_INDEX = {"view": 0, "click": 1, "purchase": 2, "add_to_cart": 4}
 #: Types that may count without a campaign: a purchase is attributed to the last click
 ATTRIBUTED = "purchase"
 
 
 def new_row() -> Row:
-    """An empty window row: ``[views, clicks, purchases, revenue, carts]``."""
-    return [0, 0, 0, 0.0, 0]
+    """An empty window row (:data:`Row`)."""
+    return [0, 0, 0, 0.0, 0, {}, {}]
 
 
 def row_of(flat: Sequence[Any]) -> Row:
-    """The row of a stored ``[campaign, variant, channel, *row]`` list; rows written
-    before ``carts`` existed (4 values) read with 0 carts.
+    """The row of a stored ``[campaign, variant, channel, *row]`` list; rows of earlier
+    releases (no carts, no currencies) read with zeros.
 
     >>> row_of(["c", "A", "web", 3, 1, 0, 0.0]), row_of(["c", "A", "web", 3, 1, 0, 0.0, 2])
-    ([3, 1, 0, 0.0, 0], [3, 1, 0, 0.0, 2])
+    ([3, 1, 0, 0.0, 0, {}, {}], [3, 1, 0, 0.0, 2, {}, {}])
     """
-    return [flat[3], flat[4], flat[5], flat[6], flat[7] if len(flat) > 7 else 0]
+    n = len(flat)
+    return [
+        flat[3],
+        flat[4],
+        flat[5],
+        flat[6],
+        flat[7] if n > 7 else 0,
+        dict(flat[8]) if n > 8 else {},
+        dict(flat[9]) if n > 9 else {},
+    ]
+
+
+def add_row(acc: Row, row: Sequence[Any]) -> None:
+    """Add ``row`` into ``acc`` (the amounts per currency merged).
+
+    >>> acc = new_row()
+    >>> add_row(acc, [1, 0, 1, 5.0, 0, {}, {"EUR": 4.5}])
+    >>> add_row(acc, [0, 0, 1, 0.0, 0, {"JPY": 1}, {"JPY": 900.0}])
+    >>> acc
+    [1, 0, 2, 5.0, 0, {'JPY': 1}, {'EUR': 4.5, 'JPY': 900.0}]
+    """
+    for i, value in enumerate(row):
+        if isinstance(value, dict):
+            by = acc[i]
+            for currency, amount in value.items():
+                by[currency] = by.get(currency, 0) + amount
+        else:
+            acc[i] += value
 
 
 SWEEPS_PER_TTL = 8  # last clicks are swept each time event time advances by 1/8 of their TTL
@@ -71,8 +103,12 @@ class PartitionWindows:
     ``attribution + grace + size`` plus one sweep period.
     """
 
-    def __init__(self, size_ms: int, grace_ms: int, attribution_ms: int) -> None:
+    def __init__(
+        self, size_ms: int, grace_ms: int, attribution_ms: int, fx: FxRates | None = None
+    ) -> None:
         self.size_ms = size_ms
+        #: converts purchases into the reporting currency (None: revenue summed as sent)
+        self.fx = fx
         self.grace_ms = grace_ms
         self.attribution_ms = attribution_ms
         self.max_ts = -1
@@ -129,10 +165,28 @@ class PartitionWindows:
             row = window[key] = new_row()
         row[TYPE_INDEX[etype]] += 1
         if etype == "purchase":
-            row[3] += float(event.get("revenue") or 0.0)
+            self._add_revenue(row, event)
         if ts > self.max_ts:
             self.max_ts = ts
         return key
+
+    def _add_revenue(self, row: Row, event: Any) -> None:
+        """Revenue in the reporting currency at the event's time, or an unconverted purchase.
+
+        The event gets ``revenue_reporting`` (the converted amount, None without a
+        rate) for the metrics and the model, which see the same number.
+        """
+        amount = float(event.get("revenue") or 0.0)
+        fx = self.fx
+        currency = str(event.get("currency") or (fx.reporting if fx else "")).upper()
+        by = row[6]
+        by[currency] = by.get(currency, 0.0) + amount
+        value = amount if fx is None else fx.convert(amount, currency, event["ts"])
+        event["revenue_reporting"] = value
+        if value is None:
+            row[5][currency] = row[5].get(currency, 0) + 1
+        else:
+            row[3] += value
 
     def close(self, watermark: int | None = None) -> list[tuple[int, dict[RowKey, Row]]]:
         """Close every window whose end is at or before the watermark; return them in order.
@@ -205,9 +259,14 @@ class PartitionWindows:
 
     @classmethod
     def from_state(
-        cls, state: Mapping[str, Any], size_ms: int, grace_ms: int, attribution_ms: int
+        cls,
+        state: Mapping[str, Any],
+        size_ms: int,
+        grace_ms: int,
+        attribution_ms: int,
+        fx: FxRates | None = None,
     ) -> PartitionWindows:
-        pw = cls(size_ms, grace_ms, attribution_ms)
+        pw = cls(size_ms, grace_ms, attribution_ms, fx)
         pw.max_ts = state["max_ts"]
         pw.closed_until = state["closed_until"]
         pw.last_offset = state["last_offset"]

@@ -105,6 +105,7 @@ TOPICS: dict[str, dict[str, str]] = {
     "triggers.dlq": {},  # `pulse deliver`: triggers given up on
     "campaigns": {"cleanup.policy": "compact"},
     "erasures": {"cleanup.policy": "compact"},  # `pulse erase` requests, co-partitioned with events
+    "fx": {"cleanup.policy": "compact"},  # exchange rates, keyed CUR@valid_from (`pulse fx set`)
 }
 #: topics whose records carry ids as trackers sent them (events, DLQ) or a user's id in
 #: triggers (the pseudonym with a salt): kept for PULSE_RAW_RETENTION (``pulse erase`` says so)

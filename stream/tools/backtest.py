@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from itertools import count, islice
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import orjson
 from aiokafka.partitioner import murmur2
 
 from stream.config import Settings
+from stream.core.fx import FxRates
 from stream.core.ingest import RawRecord
 from stream.core.pipeline import CLOSE_ALL, Pipeline
 from stream.core.validation import receive_time_ms
@@ -39,11 +41,17 @@ def run_backtest(
     campaigns: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
     batch: int = 1000,
+    fx: FxRates | None = None,
 ) -> dict[str, Any]:
+    """``fx``: exchange rates into ``settings.currency`` (``--fx FILE``); none: only
+    purchases in the reporting currency count as revenue, as on a worker without rates."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_parts = settings.partitions
-    pipeline = Pipeline(settings.pipeline_config())  # the worker's stages (and salt)
+    config = settings.pipeline_config()  # the worker's stages (and salt)
+    if fx is not None:
+        config = replace(config, fx=fx)
+    pipeline = Pipeline(config)
     stage, merge = pipeline.stages((campaigns or {}).get)
     offsets = [count() for _ in range(n_parts)]
     totals: dict[str, float] = {

@@ -170,7 +170,11 @@ def run_report(
     if frame.empty:
         raise EmptyReportError(empty_hint)
     with console.status("rendering report ...") if show else contextlib.nullcontext():
-        return write_report(frame, Path(out_dir), "Pulse KPI report", triggers, source=where)
+        currencies = {r.get("currency") for r in records if isinstance(r, dict)} - {None}
+        currency = str(currencies.pop()) if len(currencies) == 1 else ""
+        return write_report(
+            frame, Path(out_dir), "Pulse KPI report", triggers, source=where, currency=currency
+        )
 
 
 async def _read_kafka(

@@ -42,12 +42,14 @@ def write_report(
     triggers: list[dict[str, Any]] | None = None,
     *,
     source: str | None = None,
+    currency: str = "",
 ) -> Path:
     """Write ``report.html``, ``kpis.csv``, ``windows.csv`` and the PNG charts to ``out_dir``.
 
     The HTML has inline CSS and no scripts: it needs only the PNGs next to it.
     ``roas.png`` is drawn only when some record has spend. ``source`` (e.g. the topic
-    or directory read) is shown under the title. Returns the path of ``report.html``.
+    or directory read) is shown under the title; ``currency`` (the records' reporting
+    currency) labels the revenue chart. Returns the path of ``report.html``.
     """
     tables = kpi_tables(df)  # raises EmptyReportError first: nothing is written for no data
     out = Path(out_dir)
@@ -59,7 +61,7 @@ def write_report(
     )
     windows.to_csv(out / "windows.csv", index=False)
 
-    charts = _write_charts(tables, out)
+    charts = _write_charts(tables, out, currency)
     trig = _triggers_frame(triggers)
     page = _html(title, source, tables, charts, trig, triggers is not None)
     path = out / "report.html"
@@ -74,7 +76,9 @@ def _iso(ms: pd.Series) -> pd.Series:
 # -- charts -------------------------------------------------------------------------------
 
 
-def _write_charts(tables: Mapping[str, pd.DataFrame], out: Path) -> dict[str, str]:
+def _write_charts(
+    tables: Mapping[str, pd.DataFrame], out: Path, currency: str = ""
+) -> dict[str, str]:
     """Draw every chart that has data; return ``{kind: file name}`` in display order."""
     windows = tables["windows"]
     campaigns = tables["campaigns"]
@@ -86,7 +90,8 @@ def _write_charts(tables: Mapping[str, pd.DataFrame], out: Path) -> dict[str, st
     ):
         fig = _rate_chart(windows, kind, label, top_views, len(campaigns))
         written[kind] = _save(fig, out / CHARTS[kind])
-    written["revenue"] = _save(_revenue_chart(windows, campaigns), out / CHARTS["revenue"])
+    chart = _revenue_chart(windows, campaigns, currency)
+    written["revenue"] = _save(chart, out / CHARTS["revenue"])
     roas_path = out / CHARTS["roas"]
     if campaigns["spend"].notna().any():
         written["roas"] = _save(_roas_chart(campaigns), roas_path)
@@ -158,7 +163,7 @@ def _rate_chart(
     return fig
 
 
-def _revenue_chart(windows: pd.DataFrame, campaigns: pd.DataFrame) -> Figure:
+def _revenue_chart(windows: pd.DataFrame, campaigns: pd.DataFrame, currency: str = "") -> Figure:
     fig = _figure()
     ax = fig.add_subplot()
     top = _top(campaigns, "revenue", MAX_SERIES - 1 if len(campaigns) > MAX_SERIES else MAX_SERIES)
@@ -180,7 +185,7 @@ def _revenue_chart(windows: pd.DataFrame, campaigns: pd.DataFrame) -> Figure:
         ax.bar(x, values, width=width, bottom=bottom, label=group, align="center")
         bottom += values
     ax.set_title("Revenue per window, stacked by campaign")
-    ax.set_ylabel("revenue")
+    ax.set_ylabel(f"revenue ({currency})" if currency else "revenue")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}"))
     if not bottom.any():
         ax.text(0.5, 0.5, "no revenue yet", ha="center", transform=ax.transAxes)

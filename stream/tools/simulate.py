@@ -274,6 +274,17 @@ class _RateColumn(ProgressColumn):
         return Text(f"{speed:,.0f} ev/s", style="progress.data.speed")
 
 
+async def write_sim_rates(settings: Settings) -> dict[str, float]:
+    """Put the simulator's exchange rates on ``pulse.fx``, in force since the epoch."""
+    from stream.core.fx import record
+    from stream.core.simulator import sim_rates
+
+    rates = sim_rates(settings.currency)
+    async with EventWriter(settings) as writer:
+        await writer.send_many([record(c, r, 0) for c, r in rates.items()], settings.topic("fx"))
+    return rates
+
+
 async def run_simulation(
     settings: Settings,
     cfg: SimConfig,

@@ -111,6 +111,8 @@ def deployment_env(bootstrap: str, tmp_path: Path, **overrides: str) -> dict[str
         PULSE_DATA_DIR=str(tmp_path / "data"),
         PULSE_PARTITIONS="4",
         PULSE_LOG_LEVEL="warning",
+        # the hand-made purchases of the tests are in EUR; test_fx.py converts with pulse.fx
+        PULSE_CURRENCY="EUR",
     )
     env.update(overrides)
     return env

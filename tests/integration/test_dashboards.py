@@ -231,7 +231,8 @@ async def traffic(settings: Settings, url: str) -> dict[str, Any]:
 
     Simulated purchases come 30 s or more after their click, later than this short
     run, so one click → purchase funnel is sent by hand for the purchase and revenue
-    series; the cost models give the spend and ROAS series.
+    series (and one purchase in a currency without a rate, for the unconverted one);
+    the cost models give the spend and ROAS series.
     """
     async with EventWriter(settings) as writer:
         await writer.send_many(
@@ -244,6 +245,9 @@ async def traffic(settings: Settings, url: str) -> dict[str, Any]:
          "user_id": "dash-user-1", "campaign_id": "cmp-001", "variant_id": "A"},
         {"event_id": "dash-buy-1", "type": "purchase", "event_time": now, "user_id": "dash-user-1",
          "order_id": "dash-order-1", "revenue": 49.9, "currency": "EUR"},
+        # no JPY rate on pulse.fx: the unconverted-purchases panel
+        {"event_id": "dash-buy-2", "type": "purchase", "event_time": now, "user_id": "dash-user-1",
+         "order_id": "dash-order-2", "revenue": 5400, "currency": "JPY"},
     ]  # fmt: skip
     async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30) as client:
         for event in funnel:  # one request each: the purchase must follow its click

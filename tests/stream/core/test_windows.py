@@ -8,6 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from stream.core.fx import FxRates
 from stream.core.windows import SWEEPS_PER_TTL, PartitionWindows, Row, RowKey
 
 SIZE, GRACE, ATTRIBUTION = 60_000, 10_000, 3_600_000
@@ -80,7 +81,7 @@ def test_purchase_without_campaign_takes_the_last_click() -> None:
     pw.add(event(1_000, "click", "spring"))
     key = pw.add({"type": "purchase", "ts": 2_000, "user_id": "u", "channel": "web", "revenue": 5})
     assert key == ("spring", "", "web")
-    assert pw.open[0][key] == [0, 1, 1, 5.0, 0]
+    assert pw.open[0][key] == [0, 1, 1, 5.0, 0, {}, {"": 5.0}]  # no fx: summed as sent
 
 
 # --- last clicks: bounded in event time, and forgetting them changes no count ---
@@ -168,7 +169,7 @@ def test_restored_clicks_are_swept_at_the_next_close() -> None:
 def test_add_to_cart_counts_as_a_cart_of_its_campaign() -> None:
     pw = PartitionWindows(SIZE, GRACE, ATTRIBUTION)
     key = pw.add({**event(1_000, "add_to_cart"), "item_id": "sku-9"})
-    assert key == ("c", "", "web") and pw.open[0][key] == [0, 0, 0, 0.0, 1]
+    assert key == ("c", "", "web") and pw.open[0][key] == [0, 0, 0, 0.0, 1, {}, {}]
 
 
 @pytest.mark.parametrize(
@@ -204,6 +205,28 @@ def test_state_of_a_release_without_carts_is_read() -> None:
         "open": {"0": [["c", "", "web", 2, 1, 0, 0.0]]},
     }
     pw = PartitionWindows.from_state(old, SIZE, GRACE, ATTRIBUTION)
-    assert pw.open == {0: {("c", "", "web"): [2, 1, 0, 0.0, 0]}}
+    assert pw.open == {0: {("c", "", "web"): [2, 1, 0, 0.0, 0, {}, {}]}}
     pw.add(event(1, "add_to_cart"))
-    assert pw.to_state()["open"]["0"] == [["c", "", "web", 2, 1, 0, 0.0, 1]]
+    assert pw.to_state()["open"]["0"] == [["c", "", "web", 2, 1, 0, 0.0, 1, {}, {}]]
+
+
+def test_purchases_convert_at_their_event_time_and_without_a_rate_stay_out_of_revenue() -> None:
+    fx = FxRates("USD")
+    fx.set("EUR", 1.10, valid_from=0)
+    fx.set("EUR", 1.20, valid_from=30_000)
+    pw = PartitionWindows(SIZE, GRACE, ATTRIBUTION, fx)
+    buys = [
+        (10_000, 10.0, "EUR"),
+        (40_000, 10.0, "eur"),
+        (41_000, 4.0, "USD"),
+        (42_000, 7.0, "JPY"),
+    ]
+    for ts, amount, currency in buys:
+        e = {"type": "purchase", "ts": ts, "campaign_id": "c", "channel": "web",
+             "user_id": "u", "revenue": amount, "currency": currency}  # fmt: skip
+        pw.add(e)
+        assert e["revenue_reporting"] == (None if currency == "JPY" else pytest.approx(
+            {10_000: 11.0, 40_000: 12.0, 41_000: 4.0}[ts]))  # fmt: skip
+    row = pw.open[0][("c", "", "web")]
+    assert row[2] == 4 and row[3] == pytest.approx(27.0)
+    assert row[5] == {"JPY": 1} and row[6] == {"EUR": 20.0, "USD": 4.0, "JPY": 7.0}

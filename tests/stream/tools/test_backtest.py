@@ -7,6 +7,7 @@ from pathlib import Path
 import orjson
 
 from stream.config import Settings
+from stream.core.fx import read_csv
 from stream.core.privacy import Pseudonymizer
 from stream.tools.backtest import partition_for, run_backtest
 from tests.integration.helpers import final_click, history
@@ -41,6 +42,7 @@ def test_backtest_writes_exact_windows(tmp_path) -> None:
     lines = [orjson.dumps(e) for e in events] + [b"not json", orjson.dumps(late)]
     path.write_bytes(b"\n".join(lines))
     env = {"PULSE_WINDOW": "10s", "PULSE_GRACE": "5s", "PULSE_PARTITIONS": "4"}
+    env["PULSE_CURRENCY"] = "EUR"  # the purchases' currency
     summary = run_backtest(Settings.from_env(env), path, tmp_path / "out", progress=False, batch=7)
     rows = [orjson.loads(x) for x in (tmp_path / "out/metrics.jsonl").read_bytes().splitlines()]
     got = {
@@ -75,9 +77,41 @@ def test_backtest_pseudonymises_like_the_worker(tmp_path) -> None:
         "PULSE_WINDOW": "60s",
         "PULSE_GRACE": "5s",
         "PULSE_PSEUDONYMIZE_SALT": "pepper",
+        "PULSE_CURRENCY": "EUR",  # history()'s purchases
     }
     run_backtest(Settings.from_env(env), path, tmp_path / "out", progress=False)
     lines = (tmp_path / "out/triggers.jsonl").read_bytes().splitlines()
     triggers = [orjson.loads(x) for x in lines]
     offers = [t["target"]["user_id"] for t in triggers if t["action"] == "user.send_offer"]
     assert offers == [Pseudonymizer("pepper")("buyer-0")]
+
+
+def test_backtest_converts_with_the_rates_of_an_fx_file(tmp_path) -> None:
+    events = [
+        ev("c1", "click", 1),
+        ev("p1", "purchase", 2),  # 5 EUR at 1.10
+        ev("p2", "purchase", 12, currency="GBP"),  # 5 GBP: no rate in the file
+        ev("p3", "purchase", 13),  # 5 EUR at 1.20 (from 10 s on)
+        ev("v1", "view", 25),
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(e) for e in events))
+    rates = tmp_path / "rates.csv"
+    rates.write_text(f"currency,rate,valid_from\nEUR,1.10,{BASE}\neur,1.20,{BASE + 10_000}\n")
+    settings = Settings.from_env({"PULSE_WINDOW": "10s", "PULSE_GRACE": "5s"})  # USD
+    run_backtest(
+        settings, path, tmp_path / "out", progress=False, fx=read_csv(rates, settings.currency)
+    )
+    rows = [orjson.loads(x) for x in (tmp_path / "out/metrics.jsonl").read_bytes().splitlines()]
+    got = {
+        r["window_start"] - BASE: (r["revenue"], r["unconverted"], r["revenue_by_currency"])
+        for r in rows
+        if r["purchases"]
+    }
+    assert got == {0: (5.5, {}, {"EUR": 5.0}), 10_000: (6.0, {"GBP": 1}, {"EUR": 5.0, "GBP": 5.0})}
+    triggers = [
+        orjson.loads(x) for x in (tmp_path / "out/triggers.jsonl").read_bytes().splitlines()
+    ]
+    assert [t["evidence"]["unconverted"] for t in triggers if t["rule"] == "fx_missing"] == [
+        {"GBP": 1}
+    ]
