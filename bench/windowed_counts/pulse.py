@@ -44,6 +44,7 @@ def pulse_env(bootstrap: str, tmp: Path) -> dict[str, str]:
         PULSE_WEB_PORT=str(free_port()),
         PULSE_LOG_LEVEL="warning",
         PULSE_DATA_DIR=str(tmp / "pulse"),
+        PULSE_CURRENCY="EUR",  # the workload's purchases: revenue compared exactly
     )
     return env
 
