@@ -410,6 +410,22 @@ def _base_url(value: Any, where: str, default: str | None, example: str) -> str:
     return value.rstrip("/")
 
 
+def parse_actions(value: Any, where: str, example: str) -> list[str]:
+    """An endpoint's ``actions``: one glob or a non-empty list of them.
+
+    >>> parse_actions("user.*", "x", "user.*")
+    ['user.*']
+    """
+    actions = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(actions, list)
+        or not actions
+        or not all(isinstance(a, str) and a for a in actions)
+    ):
+        raise ConfigError(f'{where}: actions must be a list of globs, e.g. ["{example}"]')
+    return actions
+
+
 def parse_adapter(
     item: Mapping[str, Any], kind: str, source: str, index: int, env: Mapping[str, str]
 ) -> tuple[str, tuple[str, ...], Adapter]:
@@ -440,15 +456,7 @@ def parse_adapter(
     else:
         url = _base_url(item.get("url"), where, KLAVIYO_URL, KLAVIYO_URL)
     where = f"{source}: {kind} endpoint {url}"
-    actions = item.get("actions", ["user.*"])
-    if isinstance(actions, str):
-        actions = [actions]
-    if (
-        not isinstance(actions, list)
-        or not actions
-        or not all(isinstance(a, str) and a for a in actions)
-    ):
-        raise ConfigError(f'{where}: actions must be a list of globs, e.g. ["user.*"]')
+    actions = parse_actions(item.get("actions", ["user.*"]), where, "user.*")
     campaign_level = [
         a for a in CAMPAIGN_ACTIONS if any(fnmatch.fnmatchcase(a, g) for g in actions)
     ]

@@ -54,7 +54,7 @@ from typing import Any, Literal
 import yaml
 from standardwebhooks.webhooks import Webhook
 
-from stream.core.adapters import Adapter, parse_adapter
+from stream.core.adapters import Adapter, parse_actions, parse_adapter
 from stream.core.durations import parse_duration
 from stream.core.errors import ConfigError
 from stream.core.rules import CAMPAIGN_ACTIONS
@@ -208,15 +208,7 @@ def parse_config(
             raise ConfigError(f"{where}: {url} is listed twice; merge its actions into one entry")
         seen.add(url)
         where = f"{source}: endpoint {url}"
-        actions = item.get("actions")
-        if isinstance(actions, str):
-            actions = [actions]
-        if (
-            not isinstance(actions, list)
-            or not actions
-            or not all(isinstance(a, str) and a for a in actions)
-        ):
-            raise ConfigError(f'{where}: actions must be a list of globs, e.g. ["campaign.*"]')
+        actions = parse_actions(item.get("actions"), where, "campaign.*")
         raw_secrets = item.get("secrets", item.get("secret"))
         if isinstance(raw_secrets, str):
             raw_secrets = raw_secrets.split()
