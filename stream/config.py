@@ -99,6 +99,7 @@ DEFAULTS: dict[str, str] = {
     "PULSE_DELIVER_PORT": "6067",
     "PULSE_RAW_RETENTION": "7d",
     "PULSE_CURRENCY": "USD",
+    "PULSE_ATTRIBUTION_HALF_LIFE": "7d",
 }
 
 
@@ -169,6 +170,8 @@ class Settings:
     raw_retention_s: float = 604_800.0
     #: PULSE_CURRENCY: the reporting currency of revenue, spend and ROAS (ISO 4217)
     currency: str = "USD"
+    #: PULSE_ATTRIBUTION_HALF_LIFE: half-life of the time-decay attribution model
+    attribution_half_life_s: float = 604_800.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -266,6 +269,7 @@ class Settings:
             deliver_port=integer("PULSE_DELIVER_PORT"),
             raw_retention_s=duration("PULSE_RAW_RETENTION"),
             currency=reporting_currency(v["PULSE_CURRENCY"]),
+            attribution_half_life_s=duration("PULSE_ATTRIBUTION_HALF_LIFE"),
         )
 
     def group_instance_id(self) -> str:
@@ -323,6 +327,7 @@ class Settings:
             salt=self.pseudonymize_salt,
             state_key=StateKey(self.state_key, self.app_id),
             fx=FxRates(self.currency),
+            attribution_half_life_ms=int(self.attribution_half_life_s * 1000),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from stream.core.attribution import MODELS
+
 
 def ratio(num: float, den: float) -> float | None:
     return num / den if den else None
@@ -51,11 +53,18 @@ def metric_record(
 
     ``revenue``, ``spend`` and ``roas`` are in the reporting ``currency``;
     ``revenue_by_currency`` keeps the amounts as sent, and ``unconverted`` counts
-    the purchases per currency that had no rate (not in ``revenue``).
+    the purchases per currency that had no rate (not in ``revenue``). ``attributed``
+    has each attribution model's purchases and revenue credited to this row.
     """
     views, clicks, purchases, revenue = row[0], row[1], row[2], round(float(row[3]), 6)
     carts = row[4] if len(row) > 4 else 0
     unconverted = dict(row[5]) if len(row) > 5 else {}
+    credited = row[7] if len(row) > 7 else {}
+    attributed = {
+        m: {"purchases": round(c[0], 6), "revenue": round(c[1], 6)}
+        for m in MODELS
+        for c in [credited.get(m, (0.0, 0.0))]
+    }
     by_currency = {c: round(v, 6) for c, v in sorted(row[6].items())} if len(row) > 6 else {}
     cost = spend(views, clicks, campaign)
     return {
@@ -73,6 +82,7 @@ def metric_record(
         "currency": currency,
         "revenue_by_currency": by_currency,
         "unconverted": unconverted,
+        "attributed": attributed,
         "ctr": ratio(clicks, views),
         "cvr": ratio(purchases, clicks),
         "roas": ratio(revenue, cost) if cost is not None else None,

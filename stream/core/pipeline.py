@@ -123,6 +123,7 @@ class PartitionStage:
         """
         clicks = []
         for p, pw in self.windows.items():
+            pw.earlier.pop(user, None)
             if pw.last_click.pop(user, None) is not None:
                 clicks.append(p)
             pw.dirty_clicks.discard(user)
@@ -351,6 +352,8 @@ class PipelineConfig:
     srm_alpha: float | None = None  # the bandit's sample-ratio-mismatch rail (None: default)
     #: seals state records (PULSE_STATE_KEY; stream.core.sealing)
     state_key: StateKey = field(default_factory=lambda: StateKey("", "pulse"))
+    #: half-life of the time-decay attribution model (PULSE_ATTRIBUTION_HALF_LIFE)
+    attribution_half_life_ms: int = 7 * 86_400_000
     #: exchange rates into the reporting currency (PULSE_CURRENCY; ``pulse.fx``), shared and
     #: updated in place by the worker's follower of ``pulse.fx``
     fx: FxRates = field(default_factory=FxRates)
@@ -384,7 +387,9 @@ class Pipeline:
 
     def new_windows(self) -> PartitionWindows:
         c = self.config
-        return PartitionWindows(c.window_ms, c.grace_ms, c.attribution_ms, c.fx)
+        return PartitionWindows(
+            c.window_ms, c.grace_ms, c.attribution_ms, c.fx, c.attribution_half_life_ms
+        )
 
     def windows_from_state(self, state: Mapping[str, Any]) -> PartitionWindows:
         c = self.config

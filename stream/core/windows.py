@@ -14,23 +14,30 @@ closes windows, whose *partial* rows are then merged across partitions by
 >>> pw.add({"type": "view", "ts": 2_000, "item_id": "sku-9", "channel": "web", "user_id": "u"})
 'item'
 >>> [(ws, rows) for ws, rows in pw.close()]
-[(0, {('c', 'A', 'web'): [1, 0, 0, 0.0, 0, {}, {}]})]
+[(0, {('c', 'A', 'web'): [1, 0, 0, 0.0, 0, {}, {}, {}]})]
 >>> pw.add({"type": "click", "ts": 5_000, "campaign_id": "c", "channel": "web", "user_id": "u"})
 'late'
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from stream.core.attribution import DEFAULT_HALF_LIFE_MS, MODELS, weights
 from stream.core.fx import FxRates
 
 RowKey = tuple[str, str, str]  # campaign_id, variant_id ("" when absent), channel
-#: [views, clicks, purchases, revenue, carts, unconverted, revenue_by_currency]: revenue in
-#: the reporting currency; unconverted: currency -> purchases without a rate (their amounts
-#: are only in revenue_by_currency: currency -> original amount, converted ones included)
+#: [views, clicks, purchases, revenue, carts, unconverted, revenue_by_currency, attributed]:
+#: revenue in the reporting currency; unconverted: currency -> purchases without a rate
+#: (their amounts are only in revenue_by_currency: currency -> original amount, converted
+#: ones included); attributed: model -> [purchases, revenue] credited to this row by the
+#: attribution models (stream.core.attribution.MODELS) over the users' touches
 Row = list[Any]
+Touch = tuple[int, str, str, str]  # time, campaign, variant, channel
+#: clicks kept per user for multi-touch credit (the last one and up to 15 before it)
+MAX_TOUCHES = 16
 TYPE_INDEX = {"view": 0, "click": 1, "purchase": 2, "add_to_cart": 4}
 #: Types that may count without a campaign: a purchase is attributed to the last click
 ATTRIBUTED = "purchase"
@@ -38,7 +45,7 @@ ATTRIBUTED = "purchase"
 
 def new_row() -> Row:
     """An empty window row (:data:`Row`)."""
-    return [0, 0, 0, 0.0, 0, {}, {}]
+    return [0, 0, 0, 0.0, 0, {}, {}, {}]
 
 
 def row_of(flat: Sequence[Any]) -> Row:
@@ -46,7 +53,7 @@ def row_of(flat: Sequence[Any]) -> Row:
     releases (no carts, no currencies) read with zeros.
 
     >>> row_of(["c", "A", "web", 3, 1, 0, 0.0]), row_of(["c", "A", "web", 3, 1, 0, 0.0, 2])
-    ([3, 1, 0, 0.0, 0, {}, {}], [3, 1, 0, 0.0, 2, {}, {}])
+    ([3, 1, 0, 0.0, 0, {}, {}, {}], [3, 1, 0, 0.0, 2, {}, {}, {}])
     """
     n = len(flat)
     return [
@@ -57,6 +64,7 @@ def row_of(flat: Sequence[Any]) -> Row:
         flat[7] if n > 7 else 0,
         dict(flat[8]) if n > 8 else {},
         dict(flat[9]) if n > 9 else {},
+        {m: list(v) for m, v in flat[10].items()} if n > 10 else {},
     ]
 
 
@@ -64,16 +72,21 @@ def add_row(acc: Row, row: Sequence[Any]) -> None:
     """Add ``row`` into ``acc`` (the amounts per currency merged).
 
     >>> acc = new_row()
-    >>> add_row(acc, [1, 0, 1, 5.0, 0, {}, {"EUR": 4.5}])
-    >>> add_row(acc, [0, 0, 1, 0.0, 0, {"JPY": 1}, {"JPY": 900.0}])
+    >>> add_row(acc, [1, 0, 1, 5.0, 0, {}, {"EUR": 4.5}, {"linear": [0.5, 2.25]}])
+    >>> add_row(acc, [0, 0, 1, 0.0, 0, {"JPY": 1}, {"JPY": 900.0}, {"linear": [0.5, 0.0]}])
     >>> acc
-    [1, 0, 2, 5.0, 0, {'JPY': 1}, {'EUR': 4.5, 'JPY': 900.0}]
+    [1, 0, 2, 5.0, 0, {'JPY': 1}, {'EUR': 4.5, 'JPY': 900.0}, {'linear': [1.0, 2.25]}]
     """
     for i, value in enumerate(row):
         if isinstance(value, dict):
             by = acc[i]
-            for currency, amount in value.items():
-                by[currency] = by.get(currency, 0) + amount
+            for name, amount in value.items():
+                if isinstance(amount, list):
+                    have = by.setdefault(name, [0.0] * len(amount))
+                    for j, x in enumerate(amount):
+                        have[j] += x
+                else:
+                    by[name] = by.get(name, 0) + amount
         else:
             acc[i] += value
 
@@ -104,9 +117,15 @@ class PartitionWindows:
     """
 
     def __init__(
-        self, size_ms: int, grace_ms: int, attribution_ms: int, fx: FxRates | None = None
+        self,
+        size_ms: int,
+        grace_ms: int,
+        attribution_ms: int,
+        fx: FxRates | None = None,
+        half_life_ms: float = DEFAULT_HALF_LIFE_MS,
     ) -> None:
         self.size_ms = size_ms
+        self.half_life_ms = half_life_ms  # of the time-decay attribution model
         #: converts purchases into the reporting currency (None: revenue summed as sent)
         self.fx = fx
         self.grace_ms = grace_ms
@@ -114,7 +133,9 @@ class PartitionWindows:
         self.max_ts = -1
         self.closed_until = 0  # every window ending at or before this is closed
         self.open: dict[int, dict[RowKey, Row]] = {}
-        self.last_click: dict[str, tuple[int, str, str, str]] = {}
+        self.last_click: dict[str, Touch] = {}
+        #: the clicks before each user's last one (oldest first, at most MAX_TOUCHES - 1)
+        self.earlier: dict[str, list[Touch]] = {}
         self.last_offset = -1  # highest source offset already applied (idempotent replays)
         self.unattributed = 0
         self.dirty_clicks: set[str] = set()  # users whose last click changed or expired
@@ -153,10 +174,7 @@ class PartitionWindows:
                 return "unattributed"
             key = (click[1], click[2], click[3])
         if etype == "click":
-            prev = self.last_click.get(user)
-            if prev is None or ts >= prev[0]:
-                self.last_click[user] = (ts, key[0], key[1], key[2])
-                self.dirty_clicks.add(user)
+            self._touch(user, (ts, key[0], key[1], key[2]))
         window = self.open.get(ws)
         if window is None:
             window = self.open[ws] = {}
@@ -165,12 +183,61 @@ class PartitionWindows:
             row = window[key] = new_row()
         row[TYPE_INDEX[etype]] += 1
         if etype == "purchase":
-            self._add_revenue(row, event)
+            value = self._add_revenue(row, event)
+            self._credit(window, key, user, ts, value or 0.0)
         if ts > self.max_ts:
             self.max_ts = ts
         return key
 
-    def _add_revenue(self, row: Row, event: Any) -> None:
+    def _touch(self, user: str, touch: Touch) -> None:
+        """A click: the user's last click, or an earlier touch when it arrived out of order."""
+        prev = self.last_click.get(user)
+        if prev is not None and touch[0] < prev[0]:  # out of order: an earlier touch
+            bisect.insort(self.earlier.setdefault(user, []), touch)
+        else:
+            self.last_click[user] = touch
+            if prev is not None:
+                self.earlier.setdefault(user, []).append(prev)
+        before = self.earlier.get(user)
+        if before is not None and len(before) >= MAX_TOUCHES:
+            del before[: len(before) - MAX_TOUCHES + 1]
+        self.dirty_clicks.add(user)
+
+    def touches(self, user: str, ts: int) -> list[Touch]:
+        """The user's clicks inside the attribution window up to ``ts``, oldest first."""
+        last = self.last_click.get(user)
+        if last is None:
+            return []
+        low = ts - self.attribution_ms
+        return [t for t in (*self.earlier.get(user, ()), last) if low <= t[0] <= ts]
+
+    def _credit(
+        self, window: dict[RowKey, Row], key: RowKey, user: str, ts: int, revenue: float
+    ) -> None:
+        """Split one purchase over the user's touches, per attribution model.
+
+        ``last_click`` credits the row the purchase is counted in; the other models
+        weigh the touches inside the attribution window (without any, that row too).
+        """
+        touches = self.touches(user, ts)
+        for model in MODELS:
+            if model == "last_click" or not touches:
+                shares: list[tuple[RowKey, float]] = [(key, 1.0)]
+            else:
+                ages = [ts - t[0] for t in touches]
+                w = weights(len(touches), model, ages, self.half_life_ms)
+                shares = [((t[1], t[2], t[3]), x) for t, x in zip(touches, w, strict=True)]
+            for target, share in shares:
+                row = window.get(target)
+                if row is None:
+                    row = window[target] = new_row()
+                credit = row[7].get(model)
+                if credit is None:
+                    credit = row[7][model] = [0.0, 0.0]
+                credit[0] += share
+                credit[1] += share * revenue
+
+    def _add_revenue(self, row: Row, event: Any) -> float | None:
         """Revenue in the reporting currency at the event's time, or an unconverted purchase.
 
         The event gets ``revenue_reporting`` (the converted amount, None without a
@@ -187,6 +254,7 @@ class PartitionWindows:
             row[5][currency] = row[5].get(currency, 0) + 1
         else:
             row[3] += value
+        return value
 
     def close(self, watermark: int | None = None) -> list[tuple[int, dict[RowKey, Row]]]:
         """Close every window whose end is at or before the watermark; return them in order.
@@ -228,22 +296,39 @@ class PartitionWindows:
         stale = [u for u, c in self.last_click.items() if c[0] < cutoff]
         for user in stale:
             del self.last_click[user]
+            self.earlier.pop(user, None)
         self.dirty_clicks.update(stale)
+        for user, before in self.earlier.items():  # older touches of users still held
+            if before[0][0] < cutoff:
+                before[:] = [t for t in before if t[0] >= cutoff]
+                self.dirty_clicks.add(user)
+        for user in [u for u, before in self.earlier.items() if not before]:
+            del self.earlier[user]
         self.next_sweep = self.max_ts + max(1, self.attribution_ms // SWEEPS_PER_TTL)
         return len(stale)
 
     def drain_clicks(self) -> list[tuple[str, list[Any] | None]]:
-        """Changed last clicks since the previous call (``None`` = forgotten)."""
+        """Changed clicks since the previous call: ``[*last click, [earlier touches]]``
+        (``None`` = forgotten)."""
         out: list[tuple[str, list[Any] | None]] = []
         for user in self.dirty_clicks:
             click = self.last_click.get(user)
-            out.append((user, None if click is None else list(click)))
+            if click is None:
+                out.append((user, None))
+            else:
+                out.append((user, [*click, [list(t) for t in self.earlier.get(user, ())]]))
         self.dirty_clicks.clear()
         return out
 
     def restore_clicks(self, items: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        """Clicks as :meth:`drain_clicks` gave them, with the partition at index 4 (the
+        changelog's ``[ts, campaign, variant, channel, partition, earlier]``; records of
+        releases before multi-touch credit have no ``earlier``)."""
         for user, c in items:
             self.last_click[user] = (c[0], c[1], c[2], c[3])
+            earlier = c[5] if len(c) > 5 else ()
+            if earlier:
+                self.earlier[user] = [(t[0], t[1], t[2], t[3]) for t in earlier]
 
     # --- snapshots for a changelog-backed table (last clicks live in their own table) ---
     def to_state(self) -> dict[str, Any]:
@@ -265,8 +350,9 @@ class PartitionWindows:
         grace_ms: int,
         attribution_ms: int,
         fx: FxRates | None = None,
+        half_life_ms: float = DEFAULT_HALF_LIFE_MS,
     ) -> PartitionWindows:
-        pw = cls(size_ms, grace_ms, attribution_ms, fx)
+        pw = cls(size_ms, grace_ms, attribution_ms, fx, half_life_ms)
         pw.max_ts = state["max_ts"]
         pw.closed_until = state["closed_until"]
         pw.last_offset = state["last_offset"]

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from stream.config import Settings
-from stream.core.report import EmptyReportError, metrics_frame
+from stream.core.report import EmptyReportError, attribution_table, metrics_frame
 from stream.kafka.reading import Advance, ProgressFactory, TopicMissing, read_topic
 from stream.tools.report_files import write_report
 
@@ -173,7 +173,13 @@ def run_report(
         currencies = {r.get("currency") for r in records if isinstance(r, dict)} - {None}
         currency = str(currencies.pop()) if len(currencies) == 1 else ""
         return write_report(
-            frame, Path(out_dir), "Pulse KPI report", triggers, source=where, currency=currency
+            frame,
+            Path(out_dir),
+            "Pulse KPI report",
+            triggers,
+            source=where,
+            currency=currency,
+            attribution=attribution_table(records),
         )
 
 

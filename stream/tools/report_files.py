@@ -43,13 +43,16 @@ def write_report(
     *,
     source: str | None = None,
     currency: str = "",
+    attribution: pd.DataFrame | None = None,
 ) -> Path:
     """Write ``report.html``, ``kpis.csv``, ``windows.csv`` and the PNG charts to ``out_dir``.
 
     The HTML has inline CSS and no scripts: it needs only the PNGs next to it.
     ``roas.png`` is drawn only when some record has spend. ``source`` (e.g. the topic
     or directory read) is shown under the title; ``currency`` (the records' reporting
-    currency) labels the revenue chart. Returns the path of ``report.html``.
+    currency) labels the revenue chart; ``attribution``
+    (:func:`~stream.core.report.attribution_table`) adds the models side by side and
+    ``attribution.csv``. Returns the path of ``report.html``.
     """
     tables = kpi_tables(df)  # raises EmptyReportError first: nothing is written for no data
     out = Path(out_dir)
@@ -63,7 +66,11 @@ def write_report(
 
     charts = _write_charts(tables, out, currency)
     trig = _triggers_frame(triggers)
-    page = _html(title, source, tables, charts, trig, triggers is not None)
+    if attribution is not None and not attribution.empty:
+        attribution.to_csv(out / "attribution.csv", index=False)
+    else:
+        attribution = None
+    page = _html(title, source, tables, charts, trig, triggers is not None, attribution)
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
@@ -303,8 +310,19 @@ _HEADERS = {
 }
 
 
+def _formatter(column: str) -> Any:
+    """A column's cell format; attribution columns (``linear_revenue``) as their kind."""
+    if column in _FORMATTERS:
+        return _FORMATTERS[column]
+    if column.endswith("_revenue"):
+        return _fmt_money
+    if column.endswith("_purchases"):
+        return lambda v: f"{v:,.2f}"
+    return _fmt_text
+
+
 def _table(frame: pd.DataFrame, css: str = "kpi") -> str:
-    formatters = {c: _FORMATTERS.get(c, _fmt_text) for c in frame.columns}
+    formatters = {c: _formatter(c) for c in frame.columns}
     shown = frame.rename(columns=_HEADERS)
     formatters = {_HEADERS.get(c, c): f for c, f in formatters.items()}
     return str(
@@ -381,6 +399,7 @@ def _html(
     charts: Mapping[str, str],
     trig: pd.DataFrame,
     has_triggers: bool,
+    attribution: pd.DataFrame | None = None,
 ) -> str:
     esc = html.escape
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -413,6 +432,15 @@ def _html(
         "<h2>Channels</h2>",
         _table(tables["channels"]),
     ]
+    if attribution is not None:
+        parts += [
+            "<h2>Attribution models</h2>",
+            "<p class='note'>Purchases and revenue each campaign is credited with by each "
+            "model over the users' clicks inside the attribution window: last click (as "
+            "counted above), first click, linear, time decay and position-based (40/20/40). "
+            'Data: <a href="attribution.csv">attribution.csv</a>.</p>',
+            _table(attribution),
+        ]
     if has_triggers:
         parts.append("<h2>Triggers</h2>")
         if trig.empty:

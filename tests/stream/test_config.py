@@ -56,6 +56,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "deliver_port": 6067,
     "raw_retention_s": 604_800.0,
     "currency": "USD",
+    "attribution_half_life_s": 604_800.0,
 }
 
 
@@ -169,6 +170,7 @@ OVERRIDES: list[tuple[str, str, str, Any]] = [
     ("PULSE_DELIVERY", "/etc/pulse/delivery.yaml", "delivery", "/etc/pulse/delivery.yaml"),
     ("PULSE_RAW_RETENTION", "36h", "raw_retention_s", 129_600.0),
     ("PULSE_CURRENCY", "eur", "currency", "EUR"),
+    ("PULSE_ATTRIBUTION_HALF_LIFE", "2d", "attribution_half_life_s", 172_800.0),
     ("PULSE_DELIVERY_SCHEDULE", "1s,5s", "delivery_schedule", "1s,5s"),
     ("PULSE_DELIVER_PORT", "7067", "deliver_port", 7067),
 ]

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from stream.core.attribution import MODELS
 from stream.core.fx import FxRates
 from stream.core.windows import SWEEPS_PER_TTL, PartitionWindows, Row, RowKey
 
@@ -81,7 +82,9 @@ def test_purchase_without_campaign_takes_the_last_click() -> None:
     pw.add(event(1_000, "click", "spring"))
     key = pw.add({"type": "purchase", "ts": 2_000, "user_id": "u", "channel": "web", "revenue": 5})
     assert key == ("spring", "", "web")
-    assert pw.open[0][key] == [0, 1, 1, 5.0, 0, {}, {"": 5.0}]  # no fx: summed as sent
+    # no fx: summed as sent; every model credits the one click
+    credit = {m: [1.0, 5.0] for m in MODELS}
+    assert pw.open[0][key] == [0, 1, 1, 5.0, 0, {}, {"": 5.0}, credit]
 
 
 # --- last clicks: bounded in event time, and forgetting them changes no count ---
@@ -169,7 +172,7 @@ def test_restored_clicks_are_swept_at_the_next_close() -> None:
 def test_add_to_cart_counts_as_a_cart_of_its_campaign() -> None:
     pw = PartitionWindows(SIZE, GRACE, ATTRIBUTION)
     key = pw.add({**event(1_000, "add_to_cart"), "item_id": "sku-9"})
-    assert key == ("c", "", "web") and pw.open[0][key] == [0, 0, 0, 0.0, 1, {}, {}]
+    assert key == ("c", "", "web") and pw.open[0][key] == [0, 0, 0, 0.0, 1, {}, {}, {}]
 
 
 @pytest.mark.parametrize(
@@ -205,9 +208,9 @@ def test_state_of_a_release_without_carts_is_read() -> None:
         "open": {"0": [["c", "", "web", 2, 1, 0, 0.0]]},
     }
     pw = PartitionWindows.from_state(old, SIZE, GRACE, ATTRIBUTION)
-    assert pw.open == {0: {("c", "", "web"): [2, 1, 0, 0.0, 0, {}, {}]}}
+    assert pw.open == {0: {("c", "", "web"): [2, 1, 0, 0.0, 0, {}, {}, {}]}}
     pw.add(event(1, "add_to_cart"))
-    assert pw.to_state()["open"]["0"] == [["c", "", "web", 2, 1, 0, 0.0, 1, {}, {}]]
+    assert pw.to_state()["open"]["0"] == [["c", "", "web", 2, 1, 0, 0.0, 1, {}, {}, {}]]
 
 
 def test_purchases_convert_at_their_event_time_and_without_a_rate_stay_out_of_revenue() -> None:
@@ -230,3 +233,52 @@ def test_purchases_convert_at_their_event_time_and_without_a_rate_stay_out_of_re
     row = pw.open[0][("c", "", "web")]
     assert row[2] == 4 and row[3] == pytest.approx(27.0)
     assert row[5] == {"JPY": 1} and row[6] == {"EUR": 20.0, "USD": 4.0, "JPY": 7.0}
+
+
+def test_a_purchase_is_credited_over_the_users_touches_per_model() -> None:
+    pw = PartitionWindows(SIZE, GRACE, attribution_ms=3_600_000, half_life_ms=60_000)
+    for ts, cid in (
+        (1_000, "search"),
+        (61_000, "email"),
+        (121_000, "social"),
+        (115_000, "display"),
+    ):
+        pw.add({"type": "click", "ts": ts, "campaign_id": cid, "channel": "web", "user_id": "u"})
+    # the click at 115 s arrived last but within grace: an earlier touch, not the last click
+    assert [t[1] for t in pw.touches("u", 181_000)] == ["search", "email", "display", "social"]
+    buy = {"type": "purchase", "ts": 181_000, "user_id": "u", "channel": "web", "revenue": 10.0}
+    assert pw.add(buy) == ("social", "", "web")  # counted on the last click, as before
+    credit = {k[0]: row[7] for k, row in pw.open[180_000].items()}
+    assert credit["social"]["last_click"] == [1.0, 10.0]
+    assert "last_click" not in credit["search"]
+    assert credit["search"]["first_click"] == [1.0, 10.0]
+    for cid in ("search", "email", "display", "social"):
+        assert credit[cid]["linear"] == pytest.approx([0.25, 2.5])
+    assert credit["search"]["position"] == pytest.approx([0.4, 4.0])
+    assert credit["display"]["position"] == pytest.approx([0.1, 1.0])
+    # ages 180, 120, 66 and 60 s at a 60 s half-life
+    raw = {"search": 0.5**3, "email": 0.5**2, "display": 0.5**1.1, "social": 0.5}
+    total = sum(raw.values())
+    for cid, w in raw.items():
+        assert credit[cid]["time_decay"] == pytest.approx([w / total, 10 * w / total])
+    assert sum(c[m][0] for c in credit.values() for m in c) == pytest.approx(len(MODELS))
+
+
+def test_touches_survive_the_changelog_and_expire_with_the_attribution_window() -> None:
+    pw = PartitionWindows(SIZE, GRACE, attribution_ms=100_000)
+    for ts, cid in ((0, "a"), (50_000, "b"), (90_000, "c")):
+        pw.add({"type": "click", "ts": ts, "campaign_id": cid, "channel": "web", "user_id": "u"})
+    ((user, record),) = pw.drain_clicks()
+    assert record is not None and record[4] == [[0, "a", "", "web"], [50_000, "b", "", "web"]]
+    twin = PartitionWindows(SIZE, GRACE, attribution_ms=100_000)
+    twin.restore_clicks([(user, [*record[:4], 2, record[4]])])  # as the changelog stores it
+    assert twin.touches("u", 90_000) == pw.touches("u", 90_000)
+    twin.restore_clicks([("v", [5, "x", "", "web", 2])])  # a record of an earlier release
+    assert twin.touches("v", 5) == [(5, "x", "", "web")]
+    # click TTL: attribution + grace + size = 170 s behind the newest event
+    pw.max_ts = 200_000
+    pw.expire_clicks()
+    assert pw.earlier == {"u": [(50_000, "b", "", "web")]} and "u" in pw.last_click
+    pw.max_ts = 400_000
+    pw.expire_clicks()
+    assert pw.earlier == {} and pw.last_click == {}

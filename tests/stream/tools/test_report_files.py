@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stream.core.report import EmptyReportError, metrics_frame
+from stream.core.report import EmptyReportError, attribution_table, metrics_frame
 from stream.tools.report_files import CHARTS, write_report
 from tests.stream.core.test_report import CPC, MIN, PNG_MAGIC, T0, rec, sample
 
@@ -95,3 +95,23 @@ def test_write_report_empty_input_raises_and_writes_nothing(tmp_path: Path) -> N
     assert "PULSE_WINDOW + PULSE_GRACE" in str(info.value)
     assert "topic prefix" in str(info.value)
     assert not out.exists()
+
+
+def test_the_attribution_models_side_by_side(tmp_path: Path) -> None:
+    records = sample()
+    records[0]["attributed"] = {
+        "last_click": {"purchases": 1.0, "revenue": 30.0},
+        "linear": {"purchases": 0.5, "revenue": 15.0},
+    }
+    table = attribution_table(records)
+    path = write_report(metrics_frame(records), tmp_path, "r", attribution=table)
+    page = path.read_text(encoding="utf-8")
+    assert "<h2>Attribution models</h2>" in page and "attribution.csv" in page
+    saved = pd.read_csv(tmp_path / "attribution.csv")
+    row = saved[saved["campaign_id"] == records[0]["campaign_id"]].iloc[0]
+    assert (row["last_click_revenue"], row["linear_purchases"], row["position_purchases"]) == (
+        30.0, 0.5, 0.0,
+    )  # fmt: skip
+    assert not (
+        write_report(metrics_frame(sample()), tmp_path / "b", "r").parent / "attribution.csv"
+    ).exists()
