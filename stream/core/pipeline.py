@@ -393,7 +393,9 @@ class Pipeline:
 
     def windows_from_state(self, state: Mapping[str, Any]) -> PartitionWindows:
         c = self.config
-        return PartitionWindows.from_state(state, c.window_ms, c.grace_ms, c.attribution_ms, c.fx)
+        return PartitionWindows.from_state(
+            state, c.window_ms, c.grace_ms, c.attribution_ms, c.fx, c.attribution_half_life_ms
+        )
 
     def partition_stage(
         self,

@@ -6,7 +6,7 @@ import orjson
 
 from stream.core.dedup import Deduplicator
 from stream.core.ingest import Ingestor
-from stream.core.pipeline import PartitionStage
+from stream.core.pipeline import PartitionStage, Pipeline, PipelineConfig
 from stream.core.windows import PartitionWindows
 
 T0 = 1_714_564_800_000
@@ -29,3 +29,10 @@ def test_late_event_goes_to_the_dlq_with_its_original_key_and_text() -> None:
     assert key == b"alice"  # the DLQ key is the input's key
     assert record["reason"] == "late" and record["payload"] == late_text.decode()
     assert "PULSE_GRACE" in record["detail"]
+
+
+def test_restored_windows_keep_the_configured_currency_rates_and_half_life() -> None:
+    pipe = Pipeline(PipelineConfig.load(window_ms=60_000, grace_ms=5_000,
+                                        attribution_half_life_ms=1_000))  # fmt: skip
+    restored = pipe.windows_from_state(pipe.new_windows().to_state())
+    assert restored.half_life_ms == 1_000 and restored.fx is pipe.config.fx
