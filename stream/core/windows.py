@@ -166,12 +166,15 @@ class PartitionWindows:
         if campaign is not None:
             key = (campaign, event.get("variant_id") or "", event["channel"])
         else:  # purchase without campaign: the user's last click inside the attribution window
-            click = self.last_click.get(user)
-            if click is None or not 0 <= ts - click[0] <= self.attribution_ms:
+            # (the newest click at or before it: a replay after a crash restores clicks of
+            # later events too, and must attribute as the first run did)
+            touches = self.touches(user, ts)
+            if not touches:
                 self.unattributed += 1
                 if ts > self.max_ts:
                     self.max_ts = ts
                 return "unattributed"
+            click = touches[-1]
             key = (click[1], click[2], click[3])
         if etype == "click":
             self._touch(user, (ts, key[0], key[1], key[2]))
@@ -190,8 +193,15 @@ class PartitionWindows:
         return key
 
     def _touch(self, user: str, touch: Touch) -> None:
-        """A click: the user's last click, or an earlier touch when it arrived out of order."""
+        """A click: the user's last click, or an earlier touch when it arrived out of order.
+
+        Idempotent: a click already held (a batch replayed over restored clicks) is
+        not added again.
+        """
         prev = self.last_click.get(user)
+        before = self.earlier.get(user)
+        if touch == prev or (before is not None and touch in before):
+            return
         if prev is not None and touch[0] < prev[0]:  # out of order: an earlier touch
             bisect.insort(self.earlier.setdefault(user, []), touch)
         else:

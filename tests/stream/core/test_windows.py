@@ -282,3 +282,25 @@ def test_touches_survive_the_changelog_and_expire_with_the_attribution_window() 
     pw.max_ts = 400_000
     pw.expire_clicks()
     assert pw.earlier == {} and pw.last_click == {}
+
+
+def test_a_batch_replayed_over_restored_clicks_credits_as_the_first_run() -> None:
+    batch = [
+        {"type": "click", "ts": 1_000, "campaign_id": "a", "channel": "web", "user_id": "u"},
+        {"type": "click", "ts": 2_000, "campaign_id": "b", "channel": "web", "user_id": "u"},
+        {"type": "purchase", "ts": 3_000, "user_id": "u", "channel": "web", "revenue": 8.0},
+        {"type": "click", "ts": 4_000, "campaign_id": "c", "channel": "web", "user_id": "u"},
+    ]
+    first = PartitionWindows(SIZE, GRACE, ATTRIBUTION)
+    for e in batch:
+        first.add(dict(e))
+    # a crash after the clicks changelog was written, before the window snapshot
+    ((user, record),) = first.drain_clicks()
+    assert record is not None
+    replay = PartitionWindows(SIZE, GRACE, ATTRIBUTION)
+    replay.restore_clicks([(user, [*record[:4], 0, record[4]])])
+    for e in batch:
+        replay.add(dict(e))
+    assert replay.open == first.open  # the purchase on b, linear credit a and b, not c
+    assert replay.touches("u", 4_000) == first.touches("u", 4_000)  # no touch twice
+    assert first.open[0][("b", "", "web")][2] == 1
