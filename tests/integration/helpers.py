@@ -122,24 +122,42 @@ def window_truth(
     return dict(out)
 
 
-def records_by_key(raw: list[tuple[bytes | None, bytes]]) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """Window records by (campaign, variant, channel, window_start); fails on a repeat."""
+def records_by_key(
+    raw: list[tuple[bytes | None, bytes]], credit_only: bool = False
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Window records by (campaign, variant, channel, window_start); fails on a repeat.
+
+    Records that only carry attribution credit (no event counted in that row: a
+    campaign clicked before a purchase in another window) are left out unless
+    ``credit_only``; the references here count events, not credit.
+    """
     seen: dict[tuple[Any, ...], dict[str, Any]] = {}
     for _, value in raw:
         r = orjson.loads(value)
         key = (r["campaign_id"], r["variant_id"] or "", r["channel"], r["window_start"])
         assert key not in seen, f"window record emitted twice: {key}"
         seen[key] = r
-    return seen
+    if credit_only:
+        return seen
+    return {k: r for k, r in seen.items() if any(r[f] for f in COUNTED)}
+
+
+COUNTED = ("views", "clicks", "purchases", "carts")
 
 
 async def final_records(
-    bootstrap: str, name: str, n: int, timeout_s: float = 60
+    bootstrap: str, name: str, n: int, timeout_s: float = 60, credit_only: bool = False
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """Wait for ``n`` records, give a repeat time to show up, then read the whole topic."""
+    """Wait for ``n`` records (:func:`records_by_key`), give a repeat time to show up, then
+    read the whole topic."""
     await consume_all(bootstrap, name, expected=n, timeout_s=timeout_s)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while len(records_by_key(await consume_all(bootstrap, name), credit_only)) < n:
+        if asyncio.get_running_loop().time() > deadline:
+            break  # the caller's comparison says what is missing
+        await asyncio.sleep(1)
     await asyncio.sleep(3)
-    return records_by_key(await consume_all(bootstrap, name))
+    return records_by_key(await consume_all(bootstrap, name), credit_only)
 
 
 STREAM_SIZE_MS = 10_000

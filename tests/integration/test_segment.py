@@ -39,7 +39,12 @@ pytestmark = [pytest.mark.integration]
 WRITE_KEY = "test-key"  # one of the keys deployment_env configures
 # Event times start at "now": an idle partition's windows close on the wall clock at
 # now - grace, so an older event could land in a closed window (late).
-WINDOW_ENV = {"PULSE_WINDOW": "2s", "PULSE_GRACE": "3s", "PULSE_RATE_LIMIT": "100000"}
+WINDOW_ENV = {
+    "PULSE_WINDOW": "2s",
+    "PULSE_GRACE": "3s",
+    "PULSE_RATE_LIMIT": "100000",
+    "PULSE_CURRENCY": "USD",  # the Segment orders' currency
+}
 NODE_PACKAGE = "@segment/analytics-node"
 NODE_VERSION = "3.1.0"
 NPM_CACHE = Path.home() / ".cache" / "pulse" / "npm" / f"segment-analytics-node-{NODE_VERSION}"
