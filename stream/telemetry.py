@@ -164,8 +164,7 @@ class PulseMetrics:
         self.clock = StageClock()  # the pipeline's stages add their CPU time to it
         r.register(StageCpu(self.clock))
         self._children: dict[tuple[str, ...], Any] = {}
-        self._unmapped_names = 0
-        self._currencies = 0
+        self._distinct: dict[str, int] = {}  # metric -> label values given a series
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric._name, *labels)
@@ -192,13 +191,8 @@ class PulseMetrics:
         self.campaign_totals.add(counted)
         for _, e in counted:
             if e["type"] == "purchase" and e.get("revenue_reporting", 0.0) is None:
-                label = str(e.get("currency", "")).upper()[:3]
-                key = (self.unconverted._name, label)
-                if key not in self._children and self._currencies >= MAX_CURRENCIES:
-                    label = "(other)"  # codes are three letters chosen by trackers
-                elif key not in self._children:
-                    self._currencies += 1
-                self._child(self.unconverted, label).inc()
+                code = str(e.get("currency", "")).upper()[:3]  # three letters chosen by trackers
+                self._bounded_child(self.unconverted, code, MAX_CURRENCIES).inc()
 
     def observe_windows(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Spend totals and last-window rate gauges from closed window records."""
@@ -256,13 +250,18 @@ class PulseMetrics:
         2.0
         """
         for name, n in names.items():
-            label = name[:100]
-            key = (self.segment_unmapped._name, label)
-            if key not in self._children and self._unmapped_names >= MAX_UNMAPPED_NAMES:
+            self._bounded_child(self.segment_unmapped, name[:100], MAX_UNMAPPED_NAMES).inc(n)
+
+    def _bounded_child(self, metric: Any, label: str, limit: int) -> Any:
+        """The child of a one-label ``metric`` whose values are chosen by trackers: past
+        ``limit`` distinct values, new ones count as ``(other)``."""
+        if (metric._name, label) not in self._children:
+            seen = self._distinct.get(metric._name, 0)
+            if seen >= limit:
                 label = "(other)"
-            elif key not in self._children:
-                self._unmapped_names += 1
-            self._child(self.segment_unmapped, label).inc(n)
+            else:
+                self._distinct[metric._name] = seen + 1
+        return self._child(metric, label)
 
     def count_settings_rejected(self, reason: str) -> None:
         """One rejected ``pulse.campaigns`` value; ``reason`` is the setting at fault."""

@@ -149,14 +149,6 @@ class FxRates:
         rate = self.rate(currency.upper(), ts)
         return None if rate is None else amount * rate
 
-    def rates(self) -> list[dict[str, Any]]:
-        """Every rate, by currency then start time (``GET /v1/fx``)."""
-        return [
-            {"currency": c, "rate": r, "valid_from": s}
-            for c in sorted(self._starts)
-            for s, r in zip(self._starts[c], self._rates[c], strict=True)
-        ]
-
     def apply(self, key: bytes | None, value: bytes | None) -> str | None:
         """Apply one ``pulse.fx`` record; the reason it was refused, or None.
 
@@ -231,13 +223,12 @@ def missing_rate_alert(
     EUR rate into USD and are not in its revenue: set one with
     `pulse fx set EUR RATE --at TIME`.
     """
-    from stream.core.triggers import trigger_id  # the trigger id scheme of every rule
+    from stream.core.triggers import _clock, trigger_id  # as every rule's triggers
 
     target = {"campaign_id": campaign_id}
     n = sum(unconverted.values())
     money = ", ".join(f"{c} {amounts.get(c, 0.0):.2f}" for c in sorted(unconverted))
     codes = "/".join(sorted(unconverted))
-    when = datetime.fromtimestamp(window_start / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     example = sorted(unconverted)[0]
     return {
         "trigger_id": trigger_id("fx_missing", target, window_start),
@@ -246,7 +237,7 @@ def missing_rate_alert(
         "target": target,
         "reason": (
             f"{n} purchase{'s' if n != 1 else ''} of {campaign_id} in the window starting "
-            f"{when} ({money}) had no {codes} rate into {reporting} and "
+            f"{_clock(window_start)} ({money}) had no {codes} rate into {reporting} and "
             f"{'is' if n == 1 else 'are'} not in its revenue: set one with "
             f"`pulse fx set {example} RATE --at TIME`."
         ),

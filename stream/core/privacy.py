@@ -18,7 +18,7 @@ erase``) computes the same pseudonym as the workers.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "erase_key",
     "erase_request",
     "erased_ids",
+    "erased_matcher",
     "protect",
     "pseudonymize",
     "read_erase_record",
@@ -184,11 +185,18 @@ def erased_ids(keys: Iterable[str], ids: Iterable[str], salt: str, app_id: str) 
     >>> sorted(erased_ids(["p1"], ["p1", "p2"], "salt", "pulse"))
     ['p1']
     """
+    named = erased_matcher(keys, salt, app_id)
+    return {i for i in ids if named(i)}
+
+
+def erased_matcher(keys: Iterable[str], salt: str, app_id: str) -> Callable[[str], bool]:
+    """Whether an id (as workers hold it) is named by one of the erase request ``keys``;
+    the hash is keyed once for all the ids asked about."""
     wanted = set(keys)
-    if salt:
-        return {i for i in ids if i in wanted}
+    if salt or not wanted:  # nothing to hash for
+        return wanted.__contains__
     hashed = Pseudonymizer(f"pulse-erasures:{app_id}")
-    return {i for i in ids if hashed(i) in wanted}
+    return lambda i: hashed(i) in wanted
 
 
 def read_erase_record(key: bytes | None, value: bytes | None) -> tuple[str, dict[str, Any]] | None:

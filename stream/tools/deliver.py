@@ -105,7 +105,7 @@ from stream.core.delivery import (
     retry_record,
     sign_headers,
 )
-from stream.core.privacy import erased_ids
+from stream.core.privacy import erased_matcher
 from stream.kafka.writer import EventWriter, until_written
 from stream.tools.erase import erased_keys
 
@@ -778,8 +778,9 @@ async def replay_dlq(
         settings, settings.topic("triggers.dlq"), client="deliver-replay",
         hint="and check PULSE_TOPIC_PREFIX",
     )  # fmt: skip
-    erased = await erased_keys(settings)
-    salt, app_id = settings.pseudonymize_salt, settings.app_id
+    erased = erased_matcher(
+        await erased_keys(settings), settings.pseudonymize_salt, settings.app_id
+    )
     todo: dict[tuple[str, str], tuple[dict[str, Any], Endpoint]] = {}
     for *_, raw in rows:
         summary.read += 1
@@ -798,7 +799,7 @@ async def replay_dlq(
             continue
         target = trigger.get("target")
         user = target.get("user_id") if isinstance(target, dict) else None
-        if erased and isinstance(user, str) and erased_ids(erased, [user], salt, app_id):
+        if isinstance(user, str) and erased(user):
             summary.erased += 1
             continue
         todo[(str(trigger.get("trigger_id")), endpoint.url)] = (trigger, endpoint)
