@@ -43,9 +43,12 @@ log = logging.getLogger(__name__)
 #: Event ids are not a table: they live in the dedup log (``Settings.dedup_log``).
 TABLES = {
     "windows": ("events", "source partition -> open windows and watermark"),
-    "clicks": ("events", "user -> [ts, campaign, variant, channel, partition]"),
+    "clicks": ("events", "user -> [ts, campaign, variant, channel, partition, earlier clicks]"),
     "merger": ("one", "'merger' -> partials merged so far"),
-    "models": ("events", "source partition -> propensity model checkpoint (sealed JSON, base64)"),
+    "models": (
+        "events",
+        "source partition -> model checkpoint (sealed plain data, base64)",
+    ),
 }
 #: tables whose changelog partition holds one key, each record the whole value
 LATEST_ONLY = ("windows", "merger", "models")

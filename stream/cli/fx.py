@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_fx_set(args: argparse.Namespace) -> int:
-    from stream.core.fx import parse_time, record, record_key
+    from stream.core.fx import parse_time, record
     from stream.kafka.writer import EventWriter
 
     found = settings()
@@ -41,9 +41,6 @@ def cmd_fx_set(args: argparse.Namespace) -> int:
             await writer.send_many([(key, value)], found.topic("fx"))
 
     asyncio.run(write())
-    code = key.decode().partition("@")[0]
-    print(
-        f"{found.topic('fx')}: 1 {code} = {float(args.rate):g} {found.currency} from "
-        f"{record_key(code, valid_from).partition('@')[2]} on"
-    )
+    code, _, since = key.decode().partition("@")  # the key is CUR@ISO-time
+    print(f"{found.topic('fx')}: 1 {code} = {float(args.rate):g} {found.currency} from {since} on")
     return 0

@@ -143,14 +143,19 @@ def dedup_log_topic(settings: Settings) -> NewTopic:
     )
 
 
-async def ensure_topics(settings: Settings) -> list[str]:
-    """Create missing Pulse topics; return the names created."""
-    admin = AIOKafkaAdminClient(
+def admin_client(settings: Settings) -> AIOKafkaAdminClient:
+    """The admin client Pulse's commands create topics and read their configs with."""
+    return AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap,
         client_id=f"{settings.app_id}-admin",
         request_timeout_ms=15000,
         **settings.kafka_client_kwargs(),
     )
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create missing Pulse topics; return the names created."""
+    admin = admin_client(settings)
     try:
         await admin.start()
     except errors.KafkaConnectionError:
@@ -191,12 +196,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
 
 async def retention_ms(settings: Settings, names: list[str]) -> dict[str, int | None]:
     """``retention.ms`` of each topic as the broker has it (-1: forever; None: unknown)."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap,
-        client_id=f"{settings.app_id}-admin",
-        request_timeout_ms=15000,
-        **settings.kafka_client_kwargs(),
-    )
+    admin = admin_client(settings)
     out: dict[str, int | None] = dict.fromkeys(names)
     await admin.start()
     try:
