@@ -139,8 +139,8 @@ class IngestAgent:
             snapshots[p] = [(orjson.dumps(str(p)), orjson.dumps(pw.to_state()))]
             changed = pw.drain_clicks()
             if changed:
-                clicks[p] = [  # [ts, campaign, variant, channel, partition, earlier touches]
-                    (orjson.dumps(u), None if c is None else orjson.dumps([*c[:4], p, c[4]]))
+                clicks[p] = [  # [ts, campaign, variant, channel, partition, earlier, converted]
+                    (orjson.dumps(u), None if c is None else orjson.dumps([*c[:4], p, *c[4:]]))
                     for u, c in changed
                 ]
         # Clicks before the window snapshot: a crash between the two replays the batch

@@ -26,6 +26,7 @@ import orjson
 from stream.config import Settings
 from stream.core import plainstate
 from stream.core.campaigns import CampaignSettingsStore, CampaignView
+from stream.core.credit import AttributionView
 from stream.core.dedup_rocks import RocksDeduplicator
 from stream.core.pipeline import MergeStage, PartitionStage, Pipeline
 from stream.core.propensity import PropensityModel
@@ -43,7 +44,10 @@ log = logging.getLogger(__name__)
 #: Event ids are not a table: they live in the dedup log (``Settings.dedup_log``).
 TABLES = {
     "windows": ("events", "source partition -> open windows and watermark"),
-    "clicks": ("events", "user -> [ts, campaign, variant, channel, partition, earlier clicks]"),
+    "clicks": (
+        "events",
+        "user -> [ts, campaign, variant, channel, partition, earlier clicks, conversion times]",
+    ),
     "merger": ("one", "'merger' -> partials merged so far"),
     "models": (
         "events",
@@ -135,6 +139,8 @@ class Runtime:
     last_checkpoint: dict[int, float] = field(default_factory=dict)  # per source partition
     campaign_settings: CampaignSettingsStore = field(default_factory=CampaignSettingsStore)
     campaigns: CampaignView = field(default_factory=CampaignView)
+    #: credit per campaign and channel by each attribution model (``GET /v1/attribution``)
+    attribution: AttributionView = field(default_factory=AttributionView)
     _stage: PartitionStage | None = None
     merge: MergeStage = field(init=False)
 
@@ -292,7 +298,9 @@ class Runtime:
     def apply_metric_records(self, records: Records) -> None:
         for _, value in records:
             if value:
-                self.campaigns.apply(orjson.loads(value))
+                rec = orjson.loads(value)
+                self.campaigns.apply(rec)
+                self.attribution.apply(rec)
 
     def apply_trigger_records(self, records: Records) -> None:
         for _, value in records:

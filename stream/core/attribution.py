@@ -28,7 +28,7 @@ solving the absorbing chain, not by simulation.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -36,9 +36,12 @@ __all__ = [
     "DAY_MS",
     "MODELS",
     "heuristic_credit",
+    "journey_transitions",
     "path_credit",
     "removal_shares",
+    "transition_shares",
     "weights",
+    "with_nulls",
 ]
 
 DAY_MS = 86_400_000
@@ -113,30 +116,75 @@ def heuristic_credit(paths: Iterable[tuple[Sequence[str], float]], model: str) -
     return dict(out)
 
 
-def removal_shares(journeys: Iterable[Journey]) -> dict[str, float]:
-    """Each channel's share of the first-order Markov removal effects (sum 1).
+START, CONVERSION, NULL = "(start)", "(conversion)", "(null)"
+Transitions = dict[tuple[str, str], float]  # (from, to) -> journeys that took the step
+
+
+def journey_transitions(journeys: Iterable[Journey]) -> Transitions:
+    """The steps of a first-order chain counted over ``journeys``.
 
     ``journeys``: ``(channels, conversions, nulls)``: how many journeys of that
-    path converted and how many did not. Repeats of a channel in a row are
-    self-loops, which change no absorption probability.
+    path converted and how many did not.
+
+    >>> steps = journey_transitions([(["a", "b"], 1, 2)])
+    >>> [steps[s] for s in (("(start)", "a"), ("a", "b"), ("b", CONVERSION), ("b", NULL))]
+    [3.0, 3.0, 1.0, 2.0]
     """
-    counts: dict[tuple[str, str], float] = defaultdict(float)
-    channels: set[str] = set()
+    counts: Transitions = defaultdict(float)
     for path, conversions, nulls in journeys:
-        if not path:
-            continue
         weight = float(conversions) + float(nulls)
-        if weight <= 0:
+        if not path or weight <= 0:
             continue
-        channels.update(path)
-        previous = "(start)"
+        previous = START
         for name in path:
             counts[(previous, name)] += weight
             previous = name
         if conversions:
-            counts[(previous, "(conversion)")] += float(conversions)
+            counts[(previous, CONVERSION)] += float(conversions)
         if nulls:
-            counts[(previous, "(null)")] += float(nulls)
+            counts[(previous, NULL)] += float(nulls)
+    return dict(counts)
+
+
+def with_nulls(steps: Mapping[tuple[str, str], float]) -> Transitions:
+    """Streamed steps completed with their ``(null)`` ends: each visit of a state that
+    neither moved on nor converted ended its journey there.
+
+    A stream counts a step when it happens (a click after a click, a purchase after
+    a click) but never sees a journey end without a purchase; the visits into a
+    state less the steps out of it are those ends. Journeys still open count as
+    ended, so once every journey is over this equals :func:`journey_transitions`.
+
+    >>> with_nulls({("(start)", "a"): 3, ("a", "b"): 1, ("b", "(conversion)"): 1})[("a", "(null)")]
+    2.0
+    """
+    counts: Transitions = defaultdict(float)
+    into: dict[str, float] = defaultdict(float)
+    out: dict[str, float] = defaultdict(float)
+    for (src, dst), n in steps.items():
+        if n <= 0 or dst == NULL:
+            continue
+        counts[(src, dst)] += float(n)
+        into[dst] += float(n)
+        out[src] += float(n)
+    for state, n in into.items():
+        if state != CONVERSION and n > out[state]:
+            counts[(state, NULL)] += n - out[state]
+    return dict(counts)
+
+
+def removal_shares(journeys: Iterable[Journey]) -> dict[str, float]:
+    """Each channel's share of the first-order Markov removal effects (sum 1).
+
+    ``journeys``: ``(channels, conversions, nulls)``. Repeats of a channel in a row
+    are self-loops, which change no absorption probability.
+    """
+    return transition_shares(journey_transitions(journeys))
+
+
+def transition_shares(counts: Mapping[tuple[str, str], float]) -> dict[str, float]:
+    """:func:`removal_shares` from the chain's step counts (nulls included)."""
+    channels = {s for step in counts for s in step} - {START, CONVERSION, NULL}
     names = sorted(channels)
     if not names:
         return {}
@@ -147,15 +195,17 @@ def removal_shares(journeys: Iterable[Journey]) -> dict[str, float]:
     conv = np.zeros(k)  # channel -> conversion
     out_total = np.zeros(k)
     for (src, _dst), n in counts.items():
-        if src != "(start)":
+        if src != START:
             out_total[index[src]] += n
-    start_total = sum(n for (src, _), n in counts.items() if src == "(start)")
+    start_total = sum(n for (src, _), n in counts.items() if src == START)
+    if start_total <= 0:
+        return {c: 0.0 for c in names}
     for (src, dst), n in counts.items():
-        if src == "(start)":
+        if src == START:
             start[index[dst]] += n / start_total
-        elif dst == "(conversion)":
+        elif dst == CONVERSION:
             conv[index[src]] += n / out_total[index[src]]
-        elif dst != "(null)":
+        elif dst != NULL:
             q[index[src], index[dst]] += n / out_total[index[src]]
 
     def p_convert(removed: int | None) -> float:

@@ -54,7 +54,8 @@ def metric_record(
     ``revenue``, ``spend`` and ``roas`` are in the reporting ``currency``;
     ``revenue_by_currency`` keeps the amounts as sent, and ``unconverted`` counts
     the purchases per currency that had no rate (not in ``revenue``). ``attributed``
-    has each attribution model's purchases and revenue credited to this row.
+    has each attribution model's purchases and revenue credited to this row;
+    ``journeys`` the steps of the users' click journeys into it (:func:`journeys`).
     """
     views, clicks, purchases, revenue = row[0], row[1], row[2], round(float(row[3]), 6)
     carts = row[4] if len(row) > 4 else 0
@@ -66,6 +67,7 @@ def metric_record(
         for c in [credited.get(m, (0.0, 0.0))]
     }
     by_currency = {c: round(v, 6) for c, v in sorted(row[6].items())} if len(row) > 6 else {}
+    steps = row[8] if len(row) > 8 else {}
     cost = spend(views, clicks, campaign)
     return {
         "campaign_id": campaign_id,
@@ -83,7 +85,27 @@ def metric_record(
         "revenue_by_currency": by_currency,
         "unconverted": unconverted,
         "attributed": attributed,
+        "journeys": journeys(steps),
         "ctr": ratio(clicks, views),
         "cvr": ratio(purchases, clicks),
         "roas": ratio(revenue, cost) if cost is not None else None,
     }
+
+
+def journeys(steps: Mapping[str, float]) -> dict[str, Any]:
+    """A row's journey steps as its record shows them: clicks here by where the journey
+    was before (``(start)``: its first click), by campaign and by channel; purchases
+    that ended a journey whose last click was here, and their revenue.
+
+    >>> j = journeys({"campaign:(start)": 2, "channel:email": 2, "conversion": 1, "value": 9.5})
+    >>> j["from_campaign"], j["from_channel"], j["conversions"], j["value"]
+    ({'(start)': 2}, {'email': 2}, 1, 9.5)
+    """
+    out: dict[str, Any] = {"from_campaign": {}, "from_channel": {}}
+    for step, n in sorted(steps.items()):
+        kind, _, prev = step.partition(":")
+        if prev:
+            out[f"from_{kind}"][prev] = n
+    out["conversions"] = steps.get("conversion", 0)
+    out["value"] = round(float(steps.get("value", 0.0)), 6)
+    return out

@@ -11,7 +11,7 @@ partition's progress) is ignored, so nothing is counted twice.
 []
 >>> m.add_partial(1, 12, [(0, {("c", "A", "web"): [1, 0, 0, 0.0, 1]})])
 >>> m.ready()
-[(0, {('c', 'A', 'web'): [3, 1, 0, 0.0, 1, {}, {}, {}]})]
+[(0, {('c', 'A', 'web'): [3, 1, 0, 0.0, 1, {}, {}, {}, {}]})]
 >>> m.add_partial(1, 12, [(0, {("c", "A", "web"): [1, 0, 0, 0.0, 1]})])  # replayed: ignored
 >>> m.ready()
 []

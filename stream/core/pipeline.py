@@ -124,6 +124,7 @@ class PartitionStage:
         clicks = []
         for p, pw in self.windows.items():
             pw.earlier.pop(user, None)
+            pw.converted.pop(user, None)
             if pw.last_click.pop(user, None) is not None:
                 clicks.append(p)
             pw.dirty_clicks.discard(user)

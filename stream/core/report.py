@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stream.core.attribution import MODELS
+from stream.core.credit import ALL_MODELS, attribution_summary
 from stream.core.errors import PulseError
 
 #: Fields of a ``pulse.metrics`` record, in schema order.
@@ -177,32 +177,26 @@ def _ratio(num: pd.Series, den: pd.Series) -> pd.Series:
     return (num / den.where(den > 0)).astype("float64")
 
 
-def attribution_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Purchases and revenue credited per campaign by each attribution model, side by side.
+def attribution_table(records: Iterable[Mapping[str, Any]], by: str = "campaign") -> pd.DataFrame:
+    """Purchases and revenue credited per campaign (or ``by="channel"``) by each
+    attribution model, side by side.
 
     One row per campaign, columns ``<model>_purchases`` and ``<model>_revenue`` for
-    :data:`~stream.core.attribution.MODELS`; empty when no record carries ``attributed``.
+    the rule-based :data:`~stream.core.attribution.MODELS` and ``markov`` (the
+    removal effect over the records' journeys, :mod:`stream.core.credit`); empty
+    when no record carries credit.
 
-    >>> rec = {"campaign_id": "c", "attributed": {"linear": {"purchases": 0.5, "revenue": 5}}}
+    >>> rec = {"campaign_id": "c", "channel": "web",
+    ...        "attributed": {"linear": {"purchases": 0.5, "revenue": 5}}}
     >>> attribution_table([rec, rec])[["campaign_id", "linear_purchases", "linear_revenue"]]
       campaign_id  linear_purchases  linear_revenue
     0           c               1.0            10.0
     """
-    sums: dict[str, dict[str, float]] = {}
-    for r in records:
-        credited = r.get("attributed") if isinstance(r, Mapping) else None
-        if not isinstance(credited, Mapping) or r.get("campaign_id") is None:
-            continue
-        row = sums.setdefault(str(r["campaign_id"]), {})
-        for model, c in credited.items():
-            if model in MODELS and isinstance(c, Mapping):
-                for what in ("purchases", "revenue"):
-                    key = f"{model}_{what}"
-                    row[key] = row.get(key, 0.0) + float(c.get(what) or 0.0)
-    columns = [f"{m}_{w}" for m in MODELS for w in ("purchases", "revenue")]
-    table = pd.DataFrame(
-        [{"campaign_id": cid, **{c: round(v.get(c, 0.0), 6) for c in columns}}
-         for cid, v in sorted(sums.items())],
-        columns=["campaign_id", *columns],
+    table = attribution_summary(records)[f"{by}s"]
+    columns = [f"{m}_{w}" for m in ALL_MODELS for w in ("purchases", "revenue")]
+    return pd.DataFrame(
+        [{f"{by}_id" if by == "campaign" else by: name,
+          **{f"{m}_{w}": row[m][w] for m in ALL_MODELS for w in ("purchases", "revenue")}}
+         for name, row in table.items()],
+        columns=[f"{by}_id" if by == "campaign" else by, *columns],
     )  # fmt: skip
-    return table

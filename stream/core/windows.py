@@ -14,7 +14,7 @@ closes windows, whose *partial* rows are then merged across partitions by
 >>> pw.add({"type": "view", "ts": 2_000, "item_id": "sku-9", "channel": "web", "user_id": "u"})
 'item'
 >>> [(ws, rows) for ws, rows in pw.close()]
-[(0, {('c', 'A', 'web'): [1, 0, 0, 0.0, 0, {}, {}, {}]})]
+[(0, {('c', 'A', 'web'): [1, 0, 0, 0.0, 0, {}, {}, {}, {}]})]
 >>> pw.add({"type": "click", "ts": 5_000, "campaign_id": "c", "channel": "web", "user_id": "u"})
 'late'
 """
@@ -25,15 +25,18 @@ import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from stream.core.attribution import DEFAULT_HALF_LIFE_MS, MODELS, weights
+from stream.core.attribution import DEFAULT_HALF_LIFE_MS, MODELS, START, weights
 from stream.core.fx import FxRates
 
 RowKey = tuple[str, str, str]  # campaign_id, variant_id ("" when absent), channel
-#: [views, clicks, purchases, revenue, carts, unconverted, revenue_by_currency, attributed]:
-#: revenue in the reporting currency; unconverted: currency -> purchases without a rate
-#: (their amounts are only in revenue_by_currency: currency -> original amount, converted
-#: ones included); attributed: model -> [purchases, revenue] credited to this row by the
-#: attribution models (stream.core.attribution.MODELS) over the users' touches
+#: [views, clicks, purchases, revenue, carts, unconverted, revenue_by_currency, attributed,
+#: steps]: revenue in the reporting currency; unconverted: currency -> purchases without a
+#: rate (their amounts are only in revenue_by_currency: currency -> original amount,
+#: converted ones included); attributed: model -> [purchases, revenue] credited to this row
+#: by the attribution models (stream.core.attribution.MODELS) over the users' touches;
+#: steps: the journeys' steps into this row's clicks (``campaign:<previous campaign>`` and
+#: ``channel:<previous channel>``, ``(start)`` for a journey's first click) and out of them
+#: into a purchase (``conversion``, with its revenue as ``value``): the Markov chain's data
 Row = list[Any]
 Touch = tuple[int, str, str, str]  # time, campaign, variant, channel
 #: clicks kept per user for multi-touch credit (the last one and up to 15 before it)
@@ -45,7 +48,7 @@ ATTRIBUTED = "purchase"
 
 def new_row() -> Row:
     """An empty window row (:data:`Row`)."""
-    return [0, 0, 0, 0.0, 0, {}, {}, {}]
+    return [0, 0, 0, 0.0, 0, {}, {}, {}, {}]
 
 
 def row_of(flat: Sequence[Any]) -> Row:
@@ -53,7 +56,7 @@ def row_of(flat: Sequence[Any]) -> Row:
     releases (no carts, no currencies) read with zeros.
 
     >>> row_of(["c", "A", "web", 3, 1, 0, 0.0]), row_of(["c", "A", "web", 3, 1, 0, 0.0, 2])
-    ([3, 1, 0, 0.0, 0, {}, {}, {}], [3, 1, 0, 0.0, 2, {}, {}, {}])
+    ([3, 1, 0, 0.0, 0, {}, {}, {}, {}], [3, 1, 0, 0.0, 2, {}, {}, {}, {}])
     """
     n = len(flat)
     return [
@@ -65,6 +68,7 @@ def row_of(flat: Sequence[Any]) -> Row:
         dict(flat[8]) if n > 8 else {},
         dict(flat[9]) if n > 9 else {},
         {m: list(v) for m, v in flat[10].items()} if n > 10 else {},
+        dict(flat[11]) if n > 11 else {},
     ]
 
 
@@ -74,7 +78,7 @@ def add_row(acc: Row, row: Sequence[Any]) -> None:
     >>> acc = new_row()
     >>> add_row(acc, [1, 0, 1, 5.0, 0, {}, {"EUR": 4.5}, {"linear": [0.5, 2.25]}])
     >>> add_row(acc, [0, 0, 1, 0.0, 0, {"JPY": 1}, {"JPY": 900.0}, {"linear": [0.5, 0.0]}])
-    >>> acc
+    >>> acc[:8]
     [1, 0, 2, 5.0, 0, {'JPY': 1}, {'EUR': 4.5, 'JPY': 900.0}, {'linear': [1.0, 2.25]}]
     """
     for i, value in enumerate(row):
@@ -136,6 +140,9 @@ class PartitionWindows:
         self.last_click: dict[str, Touch] = {}
         #: the clicks before each user's last one (oldest first, at most MAX_TOUCHES - 1)
         self.earlier: dict[str, list[Touch]] = {}
+        #: times of the users' purchases that ended a journey (oldest first): a click
+        #: after one starts a new journey (the Markov chain's steps)
+        self.converted: dict[str, list[int]] = {}
         self.last_offset = -1  # highest source offset already applied (idempotent replays)
         self.unattributed = 0
         self.dirty_clicks: set[str] = set()  # users whose last click changed or expired
@@ -177,6 +184,7 @@ class PartitionWindows:
             click = touches[-1]
             key = (click[1], click[2], click[3])
         if etype == "click":
+            came_from = self._previous(user, ts)
             self._touch(user, (ts, key[0], key[1], key[2]))
         window = self.open.get(ws)
         if window is None:
@@ -185,7 +193,14 @@ class PartitionWindows:
         if row is None:
             row = window[key] = new_row()
         row[TYPE_INDEX[etype]] += 1
-        if etype == "purchase":
+        if etype == "click":
+            steps = row[8]
+            for step in (
+                "campaign:" + (came_from[1] if came_from else START),
+                "channel:" + (came_from[3] if came_from else START),
+            ):
+                steps[step] = steps.get(step, 0) + 1
+        elif etype == "purchase":
             value = self._add_revenue(row, event)
             self._credit(window, key, user, ts, value or 0.0)
         if ts > self.max_ts:
@@ -213,6 +228,23 @@ class PartitionWindows:
             del before[: len(before) - MAX_TOUCHES + 1]
         self.dirty_clicks.add(user)
 
+    def _previous(self, user: str, ts: int) -> Touch | None:
+        """The click a journey steps from into a click at ``ts``: the user's newest click
+        before it inside the attribution window, unless a purchase converted it since
+        (then the click starts a new journey). Clicks held for later times (a replay
+        over restored clicks) are not looked at, so a replay steps as the first run did.
+        """
+        last = self.last_click.get(user)
+        if last is None:
+            return None
+        before = [t for t in (*self.earlier.get(user, ()), last) if t[0] < ts]
+        if not before or before[-1][0] < ts - self.attribution_ms:
+            return None
+        prev = before[-1]
+        if any(prev[0] <= x < ts for x in self.converted.get(user, ())):
+            return None
+        return prev
+
     def touches(self, user: str, ts: int) -> list[Touch]:
         """The user's clicks inside the attribution window up to ``ts``, oldest first."""
         last = self.last_click.get(user)
@@ -230,6 +262,7 @@ class PartitionWindows:
         weigh the touches inside the attribution window (without any, that row too).
         """
         touches = self.touches(user, ts)
+        self._convert(window, user, ts, touches, revenue)
         for model in MODELS:
             if model == "last_click" or not touches:
                 shares: list[tuple[RowKey, float]] = [(key, 1.0)]
@@ -246,6 +279,34 @@ class PartitionWindows:
                     credit = row[7][model] = [0.0, 0.0]
                 credit[0] += share
                 credit[1] += share * revenue
+
+    def _convert(
+        self, window: dict[RowKey, Row], user: str, ts: int, touches: list[Touch], revenue: float
+    ) -> None:
+        """A journey's step into a purchase, counted on the row of its last click.
+
+        The journey is the touches since the user's previous conversion; a purchase
+        with none (a second one after the same clicks) is no journey's end.
+        """
+        converted = self.converted.get(user)
+        since = max((x for x in converted or () if x < ts), default=None)
+        journey = [t for t in touches if since is None or t[0] > since]
+        if not journey:
+            return
+        last = journey[-1]
+        target = (last[1], last[2], last[3])
+        row = window.get(target)
+        if row is None:
+            row = window[target] = new_row()
+        steps = row[8]
+        steps["conversion"] = steps.get("conversion", 0) + 1
+        steps["value"] = steps.get("value", 0.0) + revenue
+        if converted is None:
+            converted = self.converted[user] = []
+        if ts not in converted:  # a replayed purchase is the same conversion
+            bisect.insort(converted, ts)
+            del converted[:-MAX_TOUCHES]
+            self.dirty_clicks.add(user)
 
     def _add_revenue(self, row: Row, event: Any) -> float | None:
         """Revenue in the reporting currency at the event's time, or an unconverted purchase.
@@ -307,7 +368,14 @@ class PartitionWindows:
         for user in stale:
             del self.last_click[user]
             self.earlier.pop(user, None)
+            self.converted.pop(user, None)
         self.dirty_clicks.update(stale)
+        for user, times in self.converted.items():
+            if times[0] < cutoff:
+                times[:] = [x for x in times if x >= cutoff]
+                self.dirty_clicks.add(user)
+        for user in [u for u, times in self.converted.items() if not times]:
+            del self.converted[user]
         for user, before in self.earlier.items():  # older touches of users still held
             if before[0][0] < cutoff:
                 before[:] = [t for t in before if t[0] >= cutoff]
@@ -318,27 +386,31 @@ class PartitionWindows:
         return len(stale)
 
     def drain_clicks(self) -> list[tuple[str, list[Any] | None]]:
-        """Changed clicks since the previous call: ``[*last click, [earlier touches]]``
-        (``None`` = forgotten)."""
+        """Changed clicks since the previous call: ``[*last click, [earlier touches],
+        [conversion times]]`` (``None`` = forgotten)."""
         out: list[tuple[str, list[Any] | None]] = []
         for user in self.dirty_clicks:
             click = self.last_click.get(user)
             if click is None:
                 out.append((user, None))
             else:
-                out.append((user, [*click, [list(t) for t in self.earlier.get(user, ())]]))
+                earlier = [list(t) for t in self.earlier.get(user, ())]
+                out.append((user, [*click, earlier, list(self.converted.get(user, ()))]))
         self.dirty_clicks.clear()
         return out
 
     def restore_clicks(self, items: Iterable[tuple[str, Sequence[Any]]]) -> None:
         """Clicks as :meth:`drain_clicks` gave them, with the partition at index 4 (the
-        changelog's ``[ts, campaign, variant, channel, partition, earlier]``; records of
-        releases before multi-touch credit have no ``earlier``)."""
+        changelog's ``[ts, campaign, variant, channel, partition, earlier, converted]``;
+        records of earlier releases lack the last two)."""
         for user, c in items:
             self.last_click[user] = (c[0], c[1], c[2], c[3])
             earlier = c[5] if len(c) > 5 else ()
             if earlier:
                 self.earlier[user] = [(t[0], t[1], t[2], t[3]) for t in earlier]
+            converted = c[6] if len(c) > 6 else ()
+            if converted:
+                self.converted[user] = [int(x) for x in converted]
 
     # --- snapshots for a changelog-backed table (last clicks live in their own table) ---
     def to_state(self) -> dict[str, Any]:

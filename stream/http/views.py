@@ -330,6 +330,12 @@ def register(app: faust.App, rt: Runtime) -> None:
         found["settings"] = rt.campaign_settings.get(cid)
         return _json(200, found)
 
+    async def attribution(request: web.Request) -> web.Response:
+        """Credit per campaign and channel by each attribution model over ``pulse.metrics``."""
+        body = rt.attribution.summary()
+        body["generated_at"] = int(time.time() * 1000)
+        return _json(200, body)
+
     page = (Path(__file__).parent / "static" / "index.html").read_text()
 
     async def models(request: web.Request) -> web.Response:
@@ -433,6 +439,7 @@ def register(app: faust.App, rt: Runtime) -> None:
         ("/v1/models", "get", models, None, may_read),
         ("/v1/models/propensity/score", "post", score, None, may_read),
         ("/v1/campaigns/{campaign_id}", "get", campaign, None, may_read),
+        ("/v1/attribution", "get", attribution, None, may_read),
         ("/", "get", index, None, None),
         ("/v1/pulse.js", "get", pulse_js, None, None),
     ]

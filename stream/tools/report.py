@@ -180,6 +180,7 @@ def run_report(
             source=where,
             currency=currency,
             attribution=attribution_table(records),
+            attribution_channels=attribution_table(records, by="channel"),
         )
 
 

@@ -44,6 +44,7 @@ def write_report(
     source: str | None = None,
     currency: str = "",
     attribution: pd.DataFrame | None = None,
+    attribution_channels: pd.DataFrame | None = None,
 ) -> Path:
     """Write ``report.html``, ``kpis.csv``, ``windows.csv`` and the PNG charts to ``out_dir``.
 
@@ -52,7 +53,8 @@ def write_report(
     or directory read) is shown under the title; ``currency`` (the records' reporting
     currency) labels the revenue chart; ``attribution``
     (:func:`~stream.core.report.attribution_table`) adds the models side by side and
-    ``attribution.csv``. Returns the path of ``report.html``.
+    ``attribution.csv``, ``attribution_channels`` the same per channel
+    (``attribution_channels.csv``). Returns the path of ``report.html``.
     """
     tables = kpi_tables(df)  # raises EmptyReportError first: nothing is written for no data
     out = Path(out_dir)
@@ -70,7 +72,14 @@ def write_report(
         attribution.to_csv(out / "attribution.csv", index=False)
     else:
         attribution = None
-    page = _html(title, source, tables, charts, trig, triggers is not None, attribution)
+    if attribution is not None and attribution_channels is not None:
+        attribution_channels.to_csv(out / "attribution_channels.csv", index=False)
+    else:
+        attribution_channels = None
+    page = _html(
+        title, source, tables, charts, trig, triggers is not None, attribution,
+        attribution_channels,
+    )  # fmt: skip
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
@@ -400,6 +409,7 @@ def _html(
     trig: pd.DataFrame,
     has_triggers: bool,
     attribution: pd.DataFrame | None = None,
+    attribution_channels: pd.DataFrame | None = None,
 ) -> str:
     esc = html.escape
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -437,9 +447,19 @@ def _html(
             "<h2>Attribution models</h2>",
             "<p class='note'>Purchases and revenue each campaign is credited with by each "
             "model over the users' clicks inside the attribution window: last click (as "
-            "counted above), first click, linear, time decay and position-based (40/20/40). "
+            "counted above), first click, linear, time decay and position-based (40/20/40); "
+            "and data-driven: the Markov chain's removal effect over the users' click "
+            "journeys (Anderl et al. 2016), its share of the purchases that ended one. "
             'Data: <a href="attribution.csv">attribution.csv</a>.</p>',
             _table(attribution),
+        ]
+    if attribution_channels is not None:
+        parts += [
+            "<h3>Per channel</h3>",
+            "<p class='note'>The same models over channels (the Markov chain's states "
+            'are then the channels). Data: <a href="attribution_channels.csv">'
+            "attribution_channels.csv</a>.</p>",
+            _table(attribution_channels),
         ]
     if has_triggers:
         parts.append("<h2>Triggers</h2>")

@@ -23,6 +23,7 @@ READ_SIDE = [
     ("GET", "/v1/campaigns", None),
     ("GET", "/v1/campaigns/cmp-001", None),  # 404 with the key: no window yet
     ("GET", "/v1/models", None),
+    ("GET", "/v1/attribution", None),
     ("POST", "/v1/models/propensity/score", b'{"clicks": 1}'),
 ]
 OPEN = [("GET", "/healthz", None), ("GET", "/readyz", None), ("GET", "/", None)]

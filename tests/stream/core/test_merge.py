@@ -110,4 +110,4 @@ def test_partials_of_a_release_without_carts_merge_with_new_ones() -> None:
     m = WindowMerger(partitions=2, size_ms=10)
     m.add_partial(0, 10, decode_windows([[0, [["c", "", "web", 2, 1, 0, 0.0]]]]))
     m.add_partial(1, 10, [(0, {("c", "", "web"): [1, 0, 0, 0.0, 3]})])
-    assert m.ready() == [(0, {("c", "", "web"): [3, 1, 0, 0.0, 3, {}, {}, {}]})]
+    assert m.ready() == [(0, {("c", "", "web"): [3, 1, 0, 0.0, 3, {}, {}, {}, {}]})]

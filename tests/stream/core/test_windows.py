@@ -84,7 +84,8 @@ def test_purchase_without_campaign_takes_the_last_click() -> None:
     assert key == ("spring", "", "web")
     # no fx: summed as sent; every model credits the one click
     credit = {m: [1.0, 5.0] for m in MODELS}
-    assert pw.open[0][key] == [0, 1, 1, 5.0, 0, {}, {"": 5.0}, credit]
+    steps = {"campaign:(start)": 1, "channel:(start)": 1, "conversion": 1, "value": 5.0}
+    assert pw.open[0][key] == [0, 1, 1, 5.0, 0, {}, {"": 5.0}, credit, steps]
 
 
 # --- last clicks: bounded in event time, and forgetting them changes no count ---
@@ -172,7 +173,7 @@ def test_restored_clicks_are_swept_at_the_next_close() -> None:
 def test_add_to_cart_counts_as_a_cart_of_its_campaign() -> None:
     pw = PartitionWindows(SIZE, GRACE, ATTRIBUTION)
     key = pw.add({**event(1_000, "add_to_cart"), "item_id": "sku-9"})
-    assert key == ("c", "", "web") and pw.open[0][key] == [0, 0, 0, 0.0, 1, {}, {}, {}]
+    assert key == ("c", "", "web") and pw.open[0][key] == [0, 0, 0, 0.0, 1, {}, {}, {}, {}]
 
 
 @pytest.mark.parametrize(
@@ -208,9 +209,9 @@ def test_state_of_a_release_without_carts_is_read() -> None:
         "open": {"0": [["c", "", "web", 2, 1, 0, 0.0]]},
     }
     pw = PartitionWindows.from_state(old, SIZE, GRACE, ATTRIBUTION)
-    assert pw.open == {0: {("c", "", "web"): [2, 1, 0, 0.0, 0, {}, {}, {}]}}
+    assert pw.open == {0: {("c", "", "web"): [2, 1, 0, 0.0, 0, {}, {}, {}, {}]}}
     pw.add(event(1, "add_to_cart"))
-    assert pw.to_state()["open"]["0"] == [["c", "", "web", 2, 1, 0, 0.0, 1, {}, {}, {}]]
+    assert pw.to_state()["open"]["0"] == [["c", "", "web", 2, 1, 0, 0.0, 1, {}, {}, {}, {}]]
 
 
 def test_purchases_convert_at_their_event_time_and_without_a_rate_stay_out_of_revenue() -> None:
@@ -304,3 +305,63 @@ def test_a_batch_replayed_over_restored_clicks_credits_as_the_first_run() -> Non
     assert replay.open == first.open  # the purchase on b, linear credit a and b, not c
     assert replay.touches("u", 4_000) == first.touches("u", 4_000)  # no touch twice
     assert first.open[0][("b", "", "web")][2] == 1
+
+
+# --- journey steps: the Markov chain's data ---
+
+
+def steps_of(pw: PartitionWindows) -> dict[str, dict[str, float]]:
+    """Each campaign's steps over the open windows (rows summed)."""
+    out: dict[str, dict[str, float]] = {}
+    for rows in pw.open.values():
+        for key, row in rows.items():
+            acc = out.setdefault(key[0], {})
+            for step, n in row[8].items():
+                acc[step] = acc.get(step, 0) + n
+    return out
+
+
+def click(ts: int, cid: str, user: str = "u", channel: str = "web") -> dict[str, Any]:
+    return {"type": "click", "ts": ts, "campaign_id": cid, "channel": channel, "user_id": user}
+
+
+def buy(ts: int, user: str = "u", revenue: float = 10.0) -> dict[str, Any]:
+    return {"type": "purchase", "ts": ts, "user_id": user, "channel": "web", "revenue": revenue}
+
+
+def test_journey_steps_start_again_after_a_purchase_and_outside_the_window() -> None:
+    pw = PartitionWindows(SIZE, GRACE, ATTRIBUTION)
+    for e in (
+        click(1_000, "a", channel="email"),
+        click(2_000, "b"),
+        buy(3_000),  # ends the journey a > b at b
+        buy(3_500),  # no click since: no journey's end
+        click(4_000, "a"),  # a new journey
+        click(4_000 + ATTRIBUTION + 1, "b"),  # its previous click is too old: new again
+    ):
+        pw.add(e)
+    assert steps_of(pw) == {
+        "a": {"campaign:(start)": 2, "channel:(start)": 2},
+        "b": {
+            "campaign:a": 1,
+            "channel:email": 1,
+            "campaign:(start)": 1,
+            "channel:(start)": 1,
+            "conversion": 1,
+            "value": 10.0,
+        },
+    }
+
+
+def test_journey_steps_of_a_replay_over_restored_clicks_are_the_first_runs() -> None:
+    events = [click(1_000, "a"), click(2_000, "b"), buy(3_000), click(4_000, "c"), buy(5_000)]
+    first = PartitionWindows(SIZE, GRACE, ATTRIBUTION)
+    for e in events:
+        first.add(e)
+    replay = PartitionWindows(SIZE, GRACE, ATTRIBUTION)
+    replay.restore_clicks([(u, [*c[:4], 0, *c[4:]]) for u, c in first.drain_clicks() if c])
+    for e in events:  # the clicks table was written after the whole batch, then a crash
+        replay.add({**e})
+    assert steps_of(replay) == steps_of(first)
+    assert steps_of(first)["b"]["conversion"] == 1 and steps_of(first)["c"]["conversion"] == 1
+    assert steps_of(first)["c"]["campaign:(start)"] == 1  # after a purchase: a new journey

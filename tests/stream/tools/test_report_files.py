@@ -112,6 +112,7 @@ def test_the_attribution_models_side_by_side(tmp_path: Path) -> None:
     assert (row["last_click_revenue"], row["linear_purchases"], row["position_purchases"]) == (
         30.0, 0.5, 0.0,
     )  # fmt: skip
+    assert "markov_purchases" in saved.columns  # the data-driven model beside them
     assert not (
         write_report(metrics_frame(sample()), tmp_path / "b", "r").parent / "attribution.csv"
     ).exists()
