@@ -85,9 +85,13 @@ class EraseAgent:
             blob = rt.model_blob(stage.models[p])
             models[p] = [(orjson.dumps(str(p)), orjson.dumps(blob))]
             models_store.put(p, str(p), blob)
+        identities: ByPartition = {
+            p: [(key, None)] for p, book in stage.identities.items() if book.erase(user)
+        }
         sends = [
             Send(rt.changelogs["clicks"], by_partition=tombstones),
             Send(rt.changelogs["models"], by_partition=models),
+            Send(rt.changelogs["identities"], by_partition=identities),
         ]
         return {"clicks": sorted(parts), "models": held["models"]}, sends
 

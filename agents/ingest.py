@@ -96,6 +96,18 @@ class IngestAgent:
                 failpoint="ingest-after-offers",
             )
         )
+        # link notices and handovers, to the partitions of the ids they name: outside the
+        # transaction (pulse.events is read), applying one twice changes nothing
+        sends.append(Send(self.events_topic, out.internal, outside=True))
+        books: ByPartition = {}
+        for p in out.touched:
+            book = rt.stage.identities.get(p)
+            if book is not None and book.dirty:
+                books[p] = [
+                    (orjson.dumps(k), None if rec is None else orjson.dumps(rec))
+                    for k, rec in book.drain()
+                ]
+        sends.append(Send(rt.changelogs["identities"], by_partition=books, what="identities"))
         seal = rt.state_key.seal
         ids: ByPartition = {p: [(b"%d" % p, seal(rec))] for p, rec in dedup.drain_records().items()}
         sends.append(
@@ -186,6 +198,7 @@ class IngestAgent:
         metrics.count_triggers(result.offers, now_ms)
         metrics.count_suppressed(result.held)
         metrics.count_segments(result.segments)
+        metrics.count_identity(result.identity, result.handovers)
         auc, loss, labels = self.rt.stage.model_quality()
         if labels:
             metrics.observe_model("propensity", auc, loss)
@@ -327,6 +340,7 @@ class IngestAgent:
         clicks: Iterable[tuple[Any, Any]],
         models: Iterable[tuple[Any, Any]],
         keep: set[int] | frozenset[int] = frozenset(),
+        identities: Iterable[tuple[Any, Any]] = (),
     ) -> set[int]:
         """Window snapshots, last clicks and model checkpoints of the partitions in ``mine``.
 
@@ -343,6 +357,7 @@ class IngestAgent:
         restore = mine - kept
         stage.windows = {p: pw for p, pw in stage.windows.items() if p in kept}
         stage.models = {p: m for p, m in stage.models.items() if p in kept}
+        stage.identities = {p: b for p, b in stage.identities.items() if p in kept}
         for p, state in windows:
             if state is not None and int(p) in restore:
                 with unreadable("windows", int(p), str(p)):
@@ -351,6 +366,10 @@ class IngestAgent:
             if c is not None and c[4] in restore:
                 with unreadable("clicks", c[4], user):
                     stage.window_state(c[4]).restore_clicks([(user, c)])
+        for key, rec in identities:
+            if rec is not None and rec.get("p") in restore:
+                with unreadable("identities", rec["p"], key):
+                    stage.identity_state(rec["p"]).restore([(key, rec)])
         for p, blob in models:
             if blob is not None and int(p) in restore:
                 with unreadable("models", int(p), str(p)):
@@ -420,6 +439,7 @@ class IngestAgent:
                     tables["clicks"].data.items(),
                     tables["models"].data.items(),
                     keep=held,
+                    identities=tables["identities"].data.items(),
                 )
             except Unreadable as bad:  # never skipped: the worker stops, saying where
                 err = await bad.located(s, rt.changelogs[bad.table])

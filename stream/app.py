@@ -120,16 +120,22 @@ def create_app(settings: Settings) -> faust.App:
     if budget is not None:
         use_rocks_budget(budget)  # Faust's tables and the dedup index share PULSE_STORE_MEMORY
     leave_group_when_static()  # aiokafka leaves no group as a static member: on stop, do
-    tables = {
-        name: app.Table(
+    tables: dict[str, Any] = {}
+    for name, (spread, help_text) in TABLES.items():
+        partitions = settings.partitions if spread == "events" else 1
+        changelog = None
+        if name == "identities":  # identity records are a topic of the contract
+            changelog = app.topic(
+                settings.topic(name), partitions=partitions, compacting=True, key_type=str
+            )
+        tables[name] = app.Table(
             name,
             default=None,
-            partitions=settings.partitions if spread == "events" else 1,
+            partitions=partitions,
             key_type=str,
             help=help_text,
+            changelog_topic=changelog,
         )
-        for name, (spread, help_text) in TABLES.items()
-    }
     rt = Runtime(
         settings=settings,
         metrics=PulseMetrics(),

@@ -49,6 +49,10 @@ TABLES = {
         "user -> [ts, campaign, variant, channel, partition, earlier clicks, conversion times]",
     ),
     "merger": ("one", "'merger' -> partials merged so far"),
+    "identities": (
+        "events",
+        "id -> {p, ids linked into it, merges, seen, into: the identity it went into}",
+    ),
     "models": (
         "events",
         "source partition -> model checkpoint (sealed plain data, base64)",
@@ -97,6 +101,10 @@ class Send:
     what: str = "write"
     #: the failpoint passed once this write is acknowledged (``stream.failpoints.POINTS``)
     failpoint: str = ""
+    #: written before the batch's transaction, not in it: records for a topic the worker
+    #: reads (its markers would look like records not read yet); a repeat after a crash
+    #: must be harmless
+    outside: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.records or self.by_partition)
@@ -243,7 +251,10 @@ class Runtime:
         if self.transactions is None:
             await self.deliver(sends)
             return False
-        await self.transactions.commit(unit, sends, offsets, failpoint)
+        await self.deliver([s for s in sends if s.outside])
+        await self.transactions.commit(
+            unit, [s for s in sends if not s.outside], offsets, failpoint
+        )
         return True
 
     async def deliver(self, sends: list[Send]) -> None:

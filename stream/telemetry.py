@@ -26,6 +26,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from stream.core.campaigns import SETTINGS_REASONS
+from stream.core.identity import OUTCOMES
 from stream.core.stageclock import StageClock
 
 disable_created_metrics()  # no *_created series: they double the scrape for no dashboard use
@@ -63,7 +64,7 @@ LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 #: distinct Segment event names given their own ``pulse_segment_unmapped_total`` series
 MAX_UNMAPPED_NAMES = 100
 #: the ``table`` label values of ``pulse_state_records_refused_total``
-STATE_TABLES = ("windows", "clicks", "models", "merger", "dedup")
+STATE_TABLES = ("windows", "clicks", "models", "merger", "dedup", "identities")
 #: distinct currencies given their own ``pulse_revenue_unconverted_total`` series (ISO 4217
 #: has about 180)
 MAX_CURRENCIES = 200
@@ -161,6 +162,19 @@ class PulseMetrics:
         )
         for table in STATE_TABLES:  # exported from the start, at 0
             self.state_refused.labels(table)
+        self.identity_links = PromCounter(
+            "pulse_identity_links",
+            "Identity links asked for (anonymous id or alias with a user id), by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in OUTCOMES:
+            self.identity_links.labels(outcome)
+        self.identity_handovers = PromCounter(
+            "pulse_identity_handovers",
+            "Ids whose clicks were handed to the identity they were merged into",
+            registry=r,
+        )
         self.clock = StageClock()  # the pipeline's stages add their CPU time to it
         r.register(StageCpu(self.clock))
         self._children: dict[tuple[str, ...], Any] = {}
@@ -227,6 +241,12 @@ class PulseMetrics:
         counts = Counter(segments)
         for (segment, etype), n in counts.items():
             self._child(self.segment_events, str(segment), etype).inc(n)
+
+    def count_identity(self, outcomes: Iterable[str], handovers: int) -> None:
+        for outcome, n in Counter(outcomes).items():
+            self._child(self.identity_links, outcome).inc(n)
+        if handovers:
+            self.identity_handovers.inc(handovers)
 
     def observe_model(self, model: str, rocauc: float, logloss: float) -> None:
         self._child(self.model_rocauc, model).set(rocauc)

@@ -20,15 +20,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    from stream.tools.erase import describe, request_erasure
+    """Erase the user and every id linked with it (``pulse.identities``), one request each."""
+    from stream.tools.erase import describe, linked_users, request_erasure
 
     found = settings()
 
-    async def request() -> Any:
+    async def request() -> list[tuple[str, Any]]:
         await ensure_topics_with_retry(found)
-        return await request_erasure(found, args.user, wait_s=args.wait)
+        users = await linked_users(found, args.user)
+        if len(users) > 1:
+            print(f"{args.user!r} is linked with {', '.join(map(repr, users[1:]))}: erasing all")
+        return [(u, await request_erasure(found, u, wait_s=args.wait)) for u in users]
 
-    receipt = asyncio.run(request())
-    code, message = describe(args.user, receipt, args.wait)
-    print(message, file=sys.stderr if code else sys.stdout)
-    return code
+    worst = 0
+    for user, receipt in asyncio.run(request()):
+        code, message = describe(user, receipt, args.wait)
+        print(message, file=sys.stderr if code else sys.stdout)
+        worst = max(worst, code)
+    return worst

@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from stream.core.bandit import Allocator
 from stream.core.dedup import DedupIndex, Deduplicator
 from stream.core.fx import ALERT_COOLDOWN_MS, FxRates, missing_rate_alert
+from stream.core.identity import IdentityBook, internal_record, is_internal
 from stream.core.ingest import BatchResult, Ingestor, RawRecord, dlq_record
 from stream.core.kpis import metric_record
 from stream.core.merge import EmittedOutputs, WindowMerger
@@ -51,6 +54,10 @@ class StageOutput:
     offers: list[dict[str, Any]] = field(default_factory=list)
     held: list[tuple[str, str]] = field(default_factory=list)
     segments: list[tuple[int, str]] = field(default_factory=list)  # (segment, event type)
+    #: link notices and handovers for ``pulse.events`` (stream.core.identity)
+    internal: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    identity: list[str] = field(default_factory=list)  # link outcomes (identity.OUTCOMES)
+    handovers: int = 0  # ids whose clicks were handed to their identity
 
 
 class PartitionStage:
@@ -66,6 +73,13 @@ class PartitionStage:
         self.new_model = new_model
         self.windows: dict[int, PartitionWindows] = {}
         self.models: dict[int, PropensityModel] = {}
+        self.identities: dict[int, IdentityBook] = {}
+
+    def identity_state(self, partition: int) -> IdentityBook:
+        book = self.identities.get(partition)
+        if book is None:
+            book = self.identities[partition] = IdentityBook(partition)
+        return book
 
     def model_state(self, partition: int) -> PropensityModel | None:
         if self.new_model is None:
@@ -84,6 +98,9 @@ class PartitionStage:
     def process(self, records: Iterable[RawRecord], now_ms: int | None) -> StageOutput:
         """Ingest a batch and count valid events into their windows (late ones to the DLQ);
         then score and learn from the counted events in order, per partition."""
+        internal = [r for r in records if is_internal(r[1])]
+        if internal:  # link notices and handovers: applied in offset order with the events
+            records = [r for r in records if not is_internal(r[1])]
         result = self.ingestor.process(records, now_ms)
         out = StageOutput(result)
         touched = out.touched
@@ -91,9 +108,14 @@ class PartitionStage:
         with self.clock.stage("windows"):
             for event, (p, offset, key, raw) in zip(result.valid, result.sources, strict=True):
                 pw = touched.get(p) or touched.setdefault(p, self.window_state(p))
+                while internal and internal[0][2] == p and internal[0][3] < offset:
+                    self.apply_internal(internal.pop(0), out)
                 if offset <= pw.last_offset:
                     continue  # applied before a crash: replays are idempotent
                 pw.last_offset = offset
+                if "user_id" in event and ("anonymous_id" in event or "previous_id" in event):
+                    for notice in self.identity_state(p).link(event):
+                        out.internal.append((notice["id"].encode(), internal_record(notice)))
                 status = pw.add(event)
                 if status == "late":
                     out.late.append((key, late_record(event, raw, pw.closed_until)))
@@ -102,6 +124,9 @@ class PartitionStage:
                     out.counted.append((status, event))
                 if event["type"] in MODELLED:
                     scored.append((p, event))
+            for record in internal:
+                self.apply_internal(record, out)
+            self.follow_moved(out)
         if self.new_model is None or not scored:
             return out
         with self.clock.stage("model"):
@@ -114,6 +139,64 @@ class PartitionStage:
                 out.offers.extend(on.offers)
                 out.held.extend(on.held)
         return out
+
+    def apply_internal(self, record: RawRecord, out: StageOutput) -> None:
+        """A link notice (hand the id's clicks to its identity) or a handover (merge them),
+        each applied once: a replay after a crash skips what the snapshot holds."""
+        key, raw, p, offset, received = record
+        pw = out.touched.get(p) or out.touched.setdefault(p, self.window_state(p))
+        if offset <= pw.last_offset:
+            return
+        pw.last_offset = offset
+        book = self.identity_state(p)
+        try:
+            body = orjson.loads(raw or b"")
+            if body["pulse"] == "link":
+                identity = book.on_notice(body)
+                if identity is not None:
+                    self.hand_over(pw, str(body["id"]), identity, 0, out)
+            elif body["pulse"] == "handover":
+                target = book.forward(body)
+                if target is None:
+                    pw.merge_user(str(body["identity"]), body)
+                else:  # the identity moved on since: follow it
+                    hops = int(body.get("hops", 0)) + 1
+                    moved = {**body, "identity": target, "hops": hops}
+                    out.internal.append((target.encode(), internal_record(moved)))
+            else:
+                raise KeyError(body["pulse"])
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            detail = (
+                f"not a valid link notice or handover ({exc!r}): records starting with "
+                '{"pulse": are Pulse\'s own; send events without that key first'
+            )
+            out.result.dlq.append((key, dlq_record("schema", detail, raw or b"", received)))
+            out.result.invalid["schema"] += 1
+
+    def hand_over(
+        self, pw: PartitionWindows, user: str, identity: str, hops: int, out: StageOutput
+    ) -> None:
+        """Send ``user``'s clicks to ``identity``'s partition (nothing held: nothing sent)."""
+        taken = pw.take_user(user)
+        if taken is None:
+            return
+        body = {"pulse": "handover", "id": user, "identity": identity, "hops": hops, **taken}
+        out.internal.append((identity.encode(), internal_record(body)))
+        out.handovers += 1
+
+    def follow_moved(self, out: StageOutput) -> None:
+        """Clicks of ids merged into an identity (e.g. after a logout) follow it; link
+        outcomes are collected for the metrics."""
+        for p, pw in out.touched.items():
+            book = self.identities.get(p)
+            if book is None:
+                continue
+            if book.outcomes:
+                out.identity.extend(book.outcomes)
+                book.outcomes.clear()
+            if book.records:
+                for user in [u for u in pw.dirty_clicks if book.canonical(u) != u]:
+                    self.hand_over(pw, user, book.canonical(user), 0, out)
 
     def erase_user(self, user: str) -> dict[str, list[int]]:
         """Drop ``user``'s last clicks, model state and cached segment (``pulse erase``).
@@ -132,10 +215,12 @@ class PartitionStage:
         return {"clicks": sorted(clicks), "models": sorted(models)}
 
     def user_ids(self) -> set[str]:
-        """Every user id this stage holds state for (last clicks, model state)."""
+        """Every user id this stage holds state for (last clicks, model state, identities)."""
         ids: set[str] = set()
         for pw in self.windows.values():
             ids.update(pw.last_click)
+        for book in self.identities.values():
+            ids.update(book.records)
         for m in self.models.values():
             for per_user in (m.users, m.engaged, m.segments, m.pending_users, m.last_offer):
                 ids.update(per_user)

@@ -412,6 +412,32 @@ class PartitionWindows:
             if converted:
                 self.converted[user] = [int(x) for x in converted]
 
+    def take_user(self, user: str) -> dict[str, Any] | None:
+        """Remove and return ``user``'s clicks and conversions (their state moves to the
+        identity they were merged into); None when none are held."""
+        last = self.last_click.pop(user, None)
+        if last is None:
+            return None
+        self.dirty_clicks.add(user)
+        clicks = [*self.earlier.pop(user, ()), last]
+        return {"clicks": [list(t) for t in clicks], "converted": self.converted.pop(user, [])}
+
+    def merge_user(self, user: str, taken: Mapping[str, Any]) -> None:
+        """Add clicks and conversions of a merged id (:meth:`take_user`) to ``user``'s.
+
+        Idempotent: clicks and conversions already held are not added again.
+        """
+        for c in sorted(tuple(t) for t in taken.get("clicks") or ()):
+            self._touch(user, (int(c[0]), str(c[1]), str(c[2]), str(c[3])))
+        times = taken.get("converted") or ()
+        if times:
+            held = self.converted.setdefault(user, [])
+            for x in times:
+                if x not in held:
+                    bisect.insort(held, int(x))
+            del held[:-MAX_TOUCHES]
+            self.dirty_clicks.add(user)
+
     # --- snapshots for a changelog-backed table (last clicks live in their own table) ---
     def to_state(self) -> dict[str, Any]:
         return {

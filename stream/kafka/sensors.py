@@ -49,7 +49,7 @@ class ConsumerLagCollector(Collector):
         except Exception:  # not started yet
             assignment, committed = set(), {}
         for tp in sorted(assignment):
-            if tp.topic.endswith("-changelog"):
+            if tp.topic.endswith(("-changelog", "identities")):  # tables' changelogs
                 continue
             try:
                 highwater = consumer.highwater(tp)

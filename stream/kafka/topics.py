@@ -106,6 +106,8 @@ TOPICS: dict[str, dict[str, str]] = {
     "campaigns": {"cleanup.policy": "compact"},
     "erasures": {"cleanup.policy": "compact"},  # `pulse erase` requests, co-partitioned with events
     "fx": {"cleanup.policy": "compact"},  # exchange rates, keyed CUR@valid_from (`pulse fx set`)
+    # identity records (stream.core.identity), keyed by id: the identities table's changelog
+    "identities": {"cleanup.policy": "compact"},
 }
 #: topics whose records carry ids as trackers sent them (events, DLQ) or a user's id in
 #: triggers (the pseudonym with a salt): kept for PULSE_RAW_RETENTION (``pulse erase`` says so)

@@ -16,11 +16,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from stream.config import Settings
 from stream.core.errors import PulseError
+from stream.core.identity import linked_ids
 from stream.core.privacy import erase_request, read_erase_record
 from stream.kafka.topics import RAW_ID_TOPICS, retention_ms
 
@@ -84,6 +86,34 @@ async def request_erasure(settings: Settings, user: str, wait_s: float = 60.0) -
     except Exception as exc:  # the erasure is done; only the report is poorer
         log.warning("could not read the topics' retention.ms (%s)", exc)
     return receipt
+
+
+async def linked_users(settings: Settings, user: str) -> list[str]:
+    """``user`` and every id linked with it on ``pulse.identities`` (anonymous ids,
+    aliases, the identity it went into), ``user`` first.
+
+    With ``PULSE_PSEUDONYMIZE_SALT`` the records hold pseudonyms, which name no
+    partition: only ``user`` is returned.
+    """
+    from stream.kafka.reading import TopicMissing, read_records
+
+    if settings.pseudonymize_salt:
+        return [user]
+    try:
+        rows = await read_records(settings, settings.topic("identities"), client="identities")
+    except TopicMissing:
+        return [user]
+    records: dict[str, Any] = {}
+    for *_, key, value in rows:
+        if key is None:
+            continue
+        try:
+            name = orjson.loads(key)
+            records[str(name)] = None if value is None else orjson.loads(value)
+        except orjson.JSONDecodeError:
+            log.warning("skipping an unreadable pulse.identities record %r", key[:80])
+    held = {k: v for k, v in records.items() if isinstance(v, dict)}
+    return [user, *sorted(linked_ids(held, user) - {user})]
 
 
 async def erased_keys(settings: Settings) -> set[str]:

@@ -33,6 +33,8 @@ EXTRA_METRICS = {
     "pulse_commit_latency_seconds",
     "pulse_campaign_settings_rejected_total",
     "pulse_state_records_refused_total",
+    "pulse_identity_links_total",
+    "pulse_identity_handovers_total",
     # exported by `pulse deliver` (its own process and port), not by the worker
     "pulse_deliveries_total",
     "pulse_delivery_latency_seconds",
