@@ -12,7 +12,11 @@ and scores the outcome against :attr:`stream.core.simulator.Simulator.truth`:
 * the bandit's weight for the truly best variant, and windows until it reaches 90 %
   (the simulator does not act on the weights, so the SRM rail is off here);
 * River ``learn_many`` mini-batches against ``learn_one`` on the same labels
-  (``bench/propensity_batch.py``; ``--no-batch`` skips it).
+  (``bench/propensity_batch.py``; ``--no-batch`` skips it);
+* identity stitching on simulated logins (:mod:`stream.core.logins`: devices,
+  cross-device people, shared computers, placeholder user ids): pairwise precision
+  (goal ≥ 0.99) and recall (goal ≥ 0.95), and the post-login purchases credited to
+  pre-login clicks.
 
 Runs: one steady run (2 simulated hours, 10 campaigns) and three ``ctr-drop``
 runs (40 min, seeds 42–44); ``--quick`` (``make quality QUICK=1``): 1 hour with
@@ -36,6 +40,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from river import metrics
 
 from stream.core.ingest import RawRecord
+from stream.core.logins import LoginSim, run_logins, stitch_quality
 from stream.core.pipeline import CLOSE_ALL, Pipeline, PipelineConfig
 from stream.core.propensity import PropensityModel
 from stream.core.simulator import SimConfig, SimTruth, Simulator
@@ -327,6 +332,19 @@ def main(argv: list[str] | None = None) -> int:
         out(f"learn_one vs learn_many (same run, {n_labels:,} labels, AUC after warm-up):")
         compare(st.ops, steady.start_ms + warmup_ms, oracle_lookup(st))
 
+    sim = LoginSim(people=args.users, seed=args.seed)
+    stitch_stage = Pipeline(PipelineConfig.load(window_ms=WINDOW_MS, grace_ms=GRACE_MS))
+    links, unattributed = run_logins(
+        sim, stitch_stage.partition_stage(), lambda k: partition_for(k, args.partitions, 0)
+    )
+    stitch = stitch_quality(sim, links, unattributed)
+    out(
+        f"identity stitching on {sim.people:,} simulated people: precision "
+        f"{stitch.precision:.4f}, recall {stitch.recall:.4f} over {stitch.true_pairs:,} true "
+        f"pairs; {stitch.credited}/{stitch.purchases} post-login purchases credited to "
+        "pre-login clicks (the rest were bought on someone else's shared computer)"
+    )
+
     def verdict(ok: bool) -> str:
         return "PASS" if ok else "MISS"
 
@@ -340,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         f"bandit_best_share={mean_final:.2f} (mean of {len(finals)}, goal ≥0.90) "
         f"{verdict(mean_final >= 0.9)}",
         f"windows_to_90%={slowest} (slowest; {len(reached)}/{len(to90)} reached)",
+        f"stitch_precision={stitch.precision:.4f} (goal ≥0.99) {verdict(stitch.precision >= 0.99)}",
+        f"stitch_recall={stitch.recall:.4f} (goal ≥0.95) {verdict(stitch.recall >= 0.95)}",
+        f"pre_login_credited={stitch.credited}/{stitch.purchases}",
     ]
     out("QUALITY " + " | ".join(summary))
     return 0

@@ -98,8 +98,11 @@ class PartitionStage:
     def process(self, records: Iterable[RawRecord], now_ms: int | None) -> StageOutput:
         """Ingest a batch and count valid events into their windows (late ones to the DLQ);
         then score and learn from the counted events in order, per partition."""
-        internal = [r for r in records if is_internal(r[1])]
-        if internal:  # link notices and handovers: applied in offset order with the events
+        internal: dict[int, list[RawRecord]] = {}  # per partition, in offset order
+        for r in records:
+            if is_internal(r[1]):  # link notices and handovers, applied in order with events
+                internal.setdefault(r[2], []).append(r)
+        if internal:
             records = [r for r in records if not is_internal(r[1])]
         result = self.ingestor.process(records, now_ms)
         out = StageOutput(result)
@@ -108,8 +111,9 @@ class PartitionStage:
         with self.clock.stage("windows"):
             for event, (p, offset, key, raw) in zip(result.valid, result.sources, strict=True):
                 pw = touched.get(p) or touched.setdefault(p, self.window_state(p))
-                while internal and internal[0][2] == p and internal[0][3] < offset:
-                    self.apply_internal(internal.pop(0), out)
+                before = internal.get(p)
+                while before and before[0][3] < offset:
+                    self.apply_internal(before.pop(0), out)
                 if offset <= pw.last_offset:
                     continue  # applied before a crash: replays are idempotent
                 pw.last_offset = offset
@@ -124,8 +128,9 @@ class PartitionStage:
                     out.counted.append((status, event))
                 if event["type"] in MODELLED:
                     scored.append((p, event))
-            for record in internal:
-                self.apply_internal(record, out)
+            for rest in internal.values():
+                for record in rest:
+                    self.apply_internal(record, out)
             self.follow_moved(out)
         if self.new_model is None or not scored:
             return out

@@ -93,12 +93,17 @@ def run_backtest(
             task = bar.add_task("backtest", total=count_records(path))
             records = iter_file_records(path)
             rr = count()
-            while chunk := list(islice(records, batch)):
+            internal: list[tuple[bytes | None, bytes]] = []  # link notices and handovers
+            while (chunk := list(islice(records, batch))) or internal:
                 raws: list[RawRecord] = []
+                for key, value in internal:  # to their partitions, before the next records
+                    p = partition_for(key, n_parts, 0)
+                    raws.append((key, value, p, next(offsets[p]), 0))
                 for key, value in chunk:
                     p = partition_for(key, n_parts, next(rr))
                     raws.append((key, value, p, next(offsets[p]), receive_time_ms(value) or 0))
                 result = stage.process(raws, None)
+                internal = result.internal
                 for _, rec in result.result.dlq + result.late:
                     files["dlq"].write(rec + b"\n")
                 for offer in result.offers:
