@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,6 +200,12 @@ class IngestAgent:
         metrics.count_suppressed(result.held)
         metrics.count_segments(result.segments)
         metrics.count_identity(result.identity, result.handovers)
+        refused = Counter(o for o in result.identity if o != "linked")
+        if refused:
+            log.info(
+                "identity links refused (the ids stay apart): %s (see README, Identity stitching)",
+                ", ".join(f"{why} {n}" for why, n in sorted(refused.items())),
+            )
         auc, loss, labels = self.rt.stage.model_quality()
         if labels:
             metrics.observe_model("propensity", auc, loss)

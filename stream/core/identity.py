@@ -97,6 +97,7 @@ class IdentityBook:
         self.records: dict[str, dict[str, Any]] = {}
         self.dirty: set[str] = set()
         self.outcomes: list[str] = []
+        self.next_expiry = 0  # event time of the next pass of :meth:`expire` (not persisted)
 
     def _record(self, key: str, ts: int) -> dict[str, Any]:
         rec = self.records.get(key)
@@ -188,11 +189,13 @@ class IdentityBook:
         return list(rec["ids"]) if rec else []
 
     def expire(self, now_ts: int) -> list[str]:
-        """Forget records inactive for :data:`TTL_MS`; they get tombstones."""
+        """Forget records without a link for :data:`TTL_MS` of event time; they get
+        tombstones."""
         gone = [k for k, rec in self.records.items() if rec["seen"] < now_ts - TTL_MS]
         for key in gone:
             del self.records[key]
         self.dirty.update(gone)
+        self.next_expiry = now_ts + TTL_MS // 8
         return gone
 
     def drain(self) -> list[tuple[str, dict[str, Any] | None]]:

@@ -196,6 +196,8 @@ class PartitionStage:
             book = self.identities.get(p)
             if book is None:
                 continue
+            if pw.max_ts >= book.next_expiry:  # a pass over the records per 1/8 of their TTL
+                book.expire(pw.max_ts)
             if book.outcomes:
                 out.identity.extend(book.outcomes)
                 book.outcomes.clear()
