@@ -159,7 +159,7 @@ class PartitionStage:
             if body["pulse"] == "link":
                 identity = book.on_notice(body)
                 if identity is not None:
-                    self.hand_over(pw, str(body["id"]), identity, 0, out)
+                    self.hand_over(pw, str(body["id"]), identity, out)
             elif body["pulse"] == "handover":
                 target = book.forward(body)
                 if target is None:
@@ -178,14 +178,12 @@ class PartitionStage:
             out.result.dlq.append((key, dlq_record("schema", detail, raw or b"", received)))
             out.result.invalid["schema"] += 1
 
-    def hand_over(
-        self, pw: PartitionWindows, user: str, identity: str, hops: int, out: StageOutput
-    ) -> None:
+    def hand_over(self, pw: PartitionWindows, user: str, identity: str, out: StageOutput) -> None:
         """Send ``user``'s clicks to ``identity``'s partition (nothing held: nothing sent)."""
         taken = pw.take_user(user)
         if taken is None:
             return
-        body = {"pulse": "handover", "id": user, "identity": identity, "hops": hops, **taken}
+        body = {"pulse": "handover", "id": user, "identity": identity, "hops": 0, **taken}
         out.internal.append((identity.encode(), internal_record(body)))
         out.handovers += 1
 
@@ -203,7 +201,7 @@ class PartitionStage:
                 book.outcomes.clear()
             if book.records:
                 for user in [u for u in pw.dirty_clicks if book.canonical(u) != u]:
-                    self.hand_over(pw, user, book.canonical(user), 0, out)
+                    self.hand_over(pw, user, book.canonical(user), out)
 
     def erase_user(self, user: str) -> dict[str, list[int]]:
         """Drop ``user``'s last clicks, model state and cached segment (``pulse erase``).
