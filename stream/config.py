@@ -100,6 +100,7 @@ DEFAULTS: dict[str, str] = {
     "PULSE_RAW_RETENTION": "7d",
     "PULSE_CURRENCY": "USD",
     "PULSE_ATTRIBUTION_HALF_LIFE": "7d",
+    "PULSE_ATTRIBUTION_TOUCHES": "clicks",
 }
 
 
@@ -172,6 +173,9 @@ class Settings:
     currency: str = "USD"
     #: PULSE_ATTRIBUTION_HALF_LIFE: half-life of the time-decay attribution model
     attribution_half_life_s: float = 604_800.0
+    #: PULSE_ATTRIBUTION_TOUCHES: ``clicks`` (default) or ``views`` (views and clicks)
+    #: are the touches attribution credits
+    attribution_views: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -217,6 +221,14 @@ class Settings:
                 return parse_size(v[name])
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
+
+        def touches(value: str) -> bool:
+            if value.strip().lower() not in ("clicks", "views"):
+                raise ValueError(
+                    f"PULSE_ATTRIBUTION_TOUCHES={value!r}: use clicks (default: a purchase is "
+                    "credited to clicks) or views (views count as touches too)"
+                )
+            return value.strip().lower() == "views"
 
         def listed(name: str) -> tuple[str, ...]:
             return tuple(item.strip() for item in v[name].split(",") if item.strip())
@@ -270,6 +282,7 @@ class Settings:
             raw_retention_s=duration("PULSE_RAW_RETENTION"),
             currency=reporting_currency(v["PULSE_CURRENCY"]),
             attribution_half_life_s=duration("PULSE_ATTRIBUTION_HALF_LIFE"),
+            attribution_views=touches(v["PULSE_ATTRIBUTION_TOUCHES"]),
         )
 
     def group_instance_id(self) -> str:
@@ -328,6 +341,7 @@ class Settings:
             state_key=StateKey(self.state_key, self.app_id),
             fx=FxRates(self.currency),
             attribution_half_life_ms=int(self.attribution_half_life_s * 1000),
+            attribution_views=self.attribution_views,
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -445,6 +445,8 @@ class PipelineConfig:
     state_key: StateKey = field(default_factory=lambda: StateKey("", "pulse"))
     #: half-life of the time-decay attribution model (PULSE_ATTRIBUTION_HALF_LIFE)
     attribution_half_life_ms: int = 7 * 86_400_000
+    #: views are touches too (PULSE_ATTRIBUTION_TOUCHES=views), not only clicks
+    attribution_views: bool = False
     #: exchange rates into the reporting currency (PULSE_CURRENCY; ``pulse.fx``), shared and
     #: updated in place by the worker's follower of ``pulse.fx``
     fx: FxRates = field(default_factory=FxRates)
@@ -479,14 +481,16 @@ class Pipeline:
     def new_windows(self) -> PartitionWindows:
         c = self.config
         return PartitionWindows(
-            c.window_ms, c.grace_ms, c.attribution_ms, c.fx, c.attribution_half_life_ms
-        )
+            c.window_ms, c.grace_ms, c.attribution_ms, c.fx, c.attribution_half_life_ms,
+            c.attribution_views,
+        )  # fmt: skip
 
     def windows_from_state(self, state: Mapping[str, Any]) -> PartitionWindows:
         c = self.config
         return PartitionWindows.from_state(
-            state, c.window_ms, c.grace_ms, c.attribution_ms, c.fx, c.attribution_half_life_ms
-        )
+            state, c.window_ms, c.grace_ms, c.attribution_ms, c.fx, c.attribution_half_life_ms,
+            c.attribution_views,
+        )  # fmt: skip
 
     def partition_stage(
         self,

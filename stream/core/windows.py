@@ -127,8 +127,11 @@ class PartitionWindows:
         attribution_ms: int,
         fx: FxRates | None = None,
         half_life_ms: float = DEFAULT_HALF_LIFE_MS,
+        views_touch: bool = False,
     ) -> None:
         self.size_ms = size_ms
+        #: the event types that are touches: clicks, and views with PULSE_ATTRIBUTION_TOUCHES=views
+        self.touch_types = ("click", "view") if views_touch else ("click",)
         self.half_life_ms = half_life_ms  # of the time-decay attribution model
         #: converts purchases into the reporting currency (None: revenue summed as sent)
         self.fx = fx
@@ -183,7 +186,8 @@ class PartitionWindows:
                 return "unattributed"
             click = touches[-1]
             key = (click[1], click[2], click[3])
-        if etype == "click":
+        touch = etype in self.touch_types
+        if touch:
             came_from = self._previous(user, ts)
             self._touch(user, (ts, key[0], key[1], key[2]))
         window = self.open.get(ws)
@@ -193,7 +197,7 @@ class PartitionWindows:
         if row is None:
             row = window[key] = new_row()
         row[TYPE_INDEX[etype]] += 1
-        if etype == "click":
+        if touch:
             steps = row[8]
             for step in (
                 "campaign:" + (came_from[1] if came_from else START),
@@ -459,8 +463,9 @@ class PartitionWindows:
         attribution_ms: int,
         fx: FxRates | None = None,
         half_life_ms: float = DEFAULT_HALF_LIFE_MS,
+        views_touch: bool = False,
     ) -> PartitionWindows:
-        pw = cls(size_ms, grace_ms, attribution_ms, fx, half_life_ms)
+        pw = cls(size_ms, grace_ms, attribution_ms, fx, half_life_ms, views_touch)
         pw.max_ts = state["max_ts"]
         pw.closed_until = state["closed_until"]
         pw.last_offset = state["last_offset"]

@@ -57,6 +57,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "raw_retention_s": 604_800.0,
     "currency": "USD",
     "attribution_half_life_s": 604_800.0,
+    "attribution_views": False,
 }
 
 
@@ -171,6 +172,7 @@ OVERRIDES: list[tuple[str, str, str, Any]] = [
     ("PULSE_RAW_RETENTION", "36h", "raw_retention_s", 129_600.0),
     ("PULSE_CURRENCY", "eur", "currency", "EUR"),
     ("PULSE_ATTRIBUTION_HALF_LIFE", "2d", "attribution_half_life_s", 172_800.0),
+    ("PULSE_ATTRIBUTION_TOUCHES", "Views", "attribution_views", True),
     ("PULSE_DELIVERY_SCHEDULE", "1s,5s", "delivery_schedule", "1s,5s"),
     ("PULSE_DELIVER_PORT", "7067", "deliver_port", 7067),
 ]
@@ -236,6 +238,11 @@ def test_bad_duration_names_the_variable(name: str, value: str) -> None:
     message = str(excinfo.value)
     assert message.startswith(f"{name}: invalid duration {value!r}: ")
     assert "ms, s, m, h or d" in message
+
+
+def test_bad_attribution_touches_say_what_to_use() -> None:
+    with pytest.raises(ValueError, match=r"PULSE_ATTRIBUTION_TOUCHES='impressions': use clicks"):
+        Settings.from_env({"PULSE_ATTRIBUTION_TOUCHES": "impressions"})
 
 
 def test_bad_rate_limit_names_the_variable() -> None:

@@ -365,3 +365,14 @@ def test_journey_steps_of_a_replay_over_restored_clicks_are_the_first_runs() -> 
     assert steps_of(replay) == steps_of(first)
     assert steps_of(first)["b"]["conversion"] == 1 and steps_of(first)["c"]["conversion"] == 1
     assert steps_of(first)["c"]["campaign:(start)"] == 1  # after a purchase: a new journey
+
+
+def test_views_are_touches_only_when_asked() -> None:
+    seen = {"type": "view", "ts": 1_000, "campaign_id": "c", "channel": "email", "user_id": "u"}
+    for views_touch, want in ((False, "unattributed"), (True, ("c", "", "email"))):
+        pw = PartitionWindows(SIZE, GRACE, ATTRIBUTION, views_touch=views_touch)
+        pw.add(seen)
+        assert pw.add(buy(2_000)) == want
+    assert steps_of(pw)["c"]["campaign:(start)"] == 1  # the view began the journey
+    restored = PartitionWindows.from_state(pw.to_state(), SIZE, GRACE, ATTRIBUTION, None, 1.0, True)
+    assert restored.touch_types == ("click", "view")
