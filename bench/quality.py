@@ -39,11 +39,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from river import metrics
 
+from stream.core.fx import FxRates
 from stream.core.ingest import RawRecord
 from stream.core.logins import LoginSim, run_logins, stitch_quality
 from stream.core.pipeline import CLOSE_ALL, Pipeline, PipelineConfig
 from stream.core.propensity import PropensityModel
-from stream.core.simulator import SimConfig, SimTruth, Simulator
+from stream.core.simulator import SimConfig, SimTruth, Simulator, sim_rates
 from stream.tools.backtest import partition_for
 
 ADVERSE = {"campaign.decrease_bid", "campaign.pause", "campaign.alert"}
@@ -101,7 +102,11 @@ def simulate(
         pass
 
     RunRecording.ops = ops
+    fx = FxRates("USD")  # the simulator's rates, as `pulse demo` sets them
+    for currency, rate in sim_rates("USD").items():
+        fx.set(currency, rate, 0)
     config = PipelineConfig.load(
+        fx=fx,
         window_ms=WINDOW_MS,
         grace_ms=GRACE_MS,
         attribution_ms=attribution_ms,
