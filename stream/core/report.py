@@ -194,9 +194,10 @@ def attribution_table(records: Iterable[Mapping[str, Any]], by: str = "campaign"
     """
     table = attribution_summary(records)[f"{by}s"]
     columns = [f"{m}_{w}" for m in ALL_MODELS for w in ("purchases", "revenue")]
+    label = "campaign_id" if by == "campaign" else by
     return pd.DataFrame(
-        [{f"{by}_id" if by == "campaign" else by: name,
+        [{label: name,
           **{f"{m}_{w}": row[m][w] for m in ALL_MODELS for w in ("purchases", "revenue")}}
          for name, row in table.items()],
-        columns=[f"{by}_id" if by == "campaign" else by, *columns],
+        columns=[label, *columns],
     )  # fmt: skip
