@@ -57,7 +57,7 @@ class EraseAgent:
         if s.pseudonymize_salt:
             return self.erase(key)
         found = erased_ids([key], self.rt.stage.user_ids(), "", s.app_id)
-        held: dict[str, list[int]] = {"clicks": [], "models": []}
+        held: dict[str, list[int]] = {"clicks": [], "models": [], "recommenders": []}
         sends: list[Send] = []
         for user in found:
             got, more = self.erase(user)
@@ -85,6 +85,11 @@ class EraseAgent:
             blob = rt.model_blob(stage.models[p])
             models[p] = [(orjson.dumps(str(p)), orjson.dumps(blob))]
             models_store.put(p, str(p), blob)
+        recos: ByPartition = {}
+        for p in held["recommenders"]:  # sessions gone, contributions taken back
+            blob = rt.model_blob(stage.recommenders[p])
+            recos[p] = [(orjson.dumps(str(p)), orjson.dumps(blob))]
+            rt.stores["recommenders"].put(p, str(p), blob)
         identities: ByPartition = {
             p: [(key, None)] for p, book in stage.identities.items() if book.erase(user)
         }
@@ -92,8 +97,9 @@ class EraseAgent:
             Send(rt.changelogs["clicks"], by_partition=tombstones),
             Send(rt.changelogs["models"], by_partition=models),
             Send(rt.changelogs["identities"], by_partition=identities),
+            Send(rt.changelogs["recommenders"], by_partition=recos),
         ]
-        return {"clicks": sorted(parts), "models": held["models"]}, sends
+        return {**held, "clicks": sorted(parts)}, sends
 
     def handle(
         self, key: bytes | None, value: bytes | None, partition: int, offset: int

@@ -68,6 +68,7 @@ class IngestAgent:
         self.dlq_topic = s.topic("events.dlq")
         self.partials_topic = s.topic("metrics.partials")
         self.triggers_topic = s.topic("triggers")
+        self.offers_topic = s.topic("offers")
         self.events_topic = s.topic("events")
         self.idle_ms = int((s.window_s + s.grace_s) * 1000)
 
@@ -97,6 +98,13 @@ class IngestAgent:
                 failpoint="ingest-after-offers",
             )
         )
+        if out.outcomes:  # offered and held-out users, once their window passed
+            sends.append(
+                Send(
+                    self.offers_topic,
+                    [(o["user_id"].encode(), orjson.dumps(o)) for o in out.outcomes],
+                )
+            )
         # link notices and handovers, to the partitions of the ids they name: outside the
         # transaction (pulse.events is read), applying one twice changes nothing
         sends.append(Send(self.events_topic, out.internal, outside=True))
@@ -166,16 +174,26 @@ class IngestAgent:
         )
         now = time.monotonic()
         models: ByPartition = {}
+        recos: ByPartition = {}
         due = rt.settings.checkpoint_s
         for p in snapshot:  # a bounded checkpoint interval per partition
-            model = stage.models.get(p)
-            if model is not None and now - rt.last_checkpoint.get(p, 0.0) >= due:
-                rt.last_checkpoint[p] = now
-                models[p] = [(orjson.dumps(str(p)), orjson.dumps(rt.model_blob(model)))]
+            if now - rt.last_checkpoint.get(p, 0.0) < due:
+                continue
+            model, reco = stage.models.get(p), stage.recommenders.get(p)
+            if model is None and reco is None:
+                continue
+            rt.last_checkpoint[p] = now
+            key = orjson.dumps(str(p))
+            if model is not None:
+                models[p] = [(key, orjson.dumps(rt.model_blob(model)))]
+            if reco is not None:
+                recos[p] = [(key, orjson.dumps(rt.model_blob(reco)))]
         if models:
             sends.append(
                 Send(rt.changelogs["models"], by_partition=models, failpoint="ingest-after-models")
             )
+        if recos:
+            sends.append(Send(rt.changelogs["recommenders"], by_partition=recos))
         return sends
 
     def count(self, out: IngestOutput, now_ms: int) -> None:
@@ -348,6 +366,7 @@ class IngestAgent:
         models: Iterable[tuple[Any, Any]],
         keep: set[int] | frozenset[int] = frozenset(),
         identities: Iterable[tuple[Any, Any]] = (),
+        recommenders: Iterable[tuple[Any, Any]] = (),
     ) -> set[int]:
         """Window snapshots, last clicks and model checkpoints of the partitions in ``mine``.
 
@@ -365,6 +384,7 @@ class IngestAgent:
         stage.windows = {p: pw for p, pw in stage.windows.items() if p in kept}
         stage.models = {p: m for p, m in stage.models.items() if p in kept}
         stage.identities = {p: b for p, b in stage.identities.items() if p in kept}
+        stage.recommenders = {p: r for p, r in stage.recommenders.items() if p in kept}
         for p, state in windows:
             if state is not None and int(p) in restore:
                 with unreadable("windows", int(p), str(p)):
@@ -383,6 +403,11 @@ class IngestAgent:
                     model = rt.load_model(blob, "the model checkpoint")
                     if model is not None:
                         stage.models[int(p)] = model
+        for p, blob in recommenders:
+            if blob is not None and int(p) in restore:
+                with unreadable("recommenders", int(p), str(p)):
+                    where = "the recommender checkpoint"
+                    stage.recommenders[int(p)] = rt.load_recommender(blob, where)
         return restore
 
     def forget(self, partitions: list[int]) -> None:
@@ -447,6 +472,7 @@ class IngestAgent:
                     tables["models"].data.items(),
                     keep=held,
                     identities=tables["identities"].data.items(),
+                    recommenders=tables["recommenders"].data.items(),
                 )
             except Unreadable as bad:  # never skipped: the worker stops, saying where
                 err = await bad.located(s, rt.changelogs[bad.table])

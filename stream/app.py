@@ -31,6 +31,7 @@ from stream.kafka.faust_internals import (
     use_rocks_budget,
 )
 from stream.kafka.followers import TopicFollower
+from stream.kafka.topics import CHECKPOINT_MAX_BYTES
 from stream.kafka.transactions import Transactions
 from stream.kafka.writer import EventWriter
 from stream.runtime import LATEST_ONLY, TABLES, Runtime
@@ -127,6 +128,14 @@ def create_app(settings: Settings) -> faust.App:
         if name == "identities":  # identity records are a topic of the contract
             changelog = app.topic(
                 settings.topic(name), partitions=partitions, compacting=True, key_type=str
+            )
+        elif name == "recommenders":  # item statistics of a big catalog exceed 1 MB
+            changelog = app.topic(
+                f"{settings.app_id}-{name}-changelog",
+                partitions=partitions,
+                compacting=True,
+                key_type=str,
+                config={"max.message.bytes": str(CHECKPOINT_MAX_BYTES)},
             )
         tables[name] = app.Table(
             name,

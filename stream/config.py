@@ -101,6 +101,8 @@ DEFAULTS: dict[str, str] = {
     "PULSE_CURRENCY": "USD",
     "PULSE_ATTRIBUTION_HALF_LIFE": "7d",
     "PULSE_ATTRIBUTION_TOUCHES": "clicks",
+    "PULSE_OFFER_HOLDOUT": "0.1",
+    "PULSE_RECO_SESSION_GAP": "30m",
 }
 
 
@@ -176,6 +178,10 @@ class Settings:
     #: PULSE_ATTRIBUTION_TOUCHES: ``clicks`` (default) or ``views`` (views and clicks)
     #: are the touches attribution credits
     attribution_views: bool = False
+    #: PULSE_OFFER_HOLDOUT: share of users eligible for an offer who get none (by hash)
+    offer_holdout: float = 0.1
+    #: PULSE_RECO_SESSION_GAP: a gap this long ends a user's session (recommendations)
+    reco_session_gap_s: float = 1_800.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -230,6 +236,12 @@ class Settings:
                 )
             return value.strip().lower() == "views"
 
+        def share(name: str) -> float:
+            value = number(name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name}={v[name]!r}: use a share from 0 to below 1, e.g. 0.1")
+            return value
+
         def listed(name: str) -> tuple[str, ...]:
             return tuple(item.strip() for item in v[name].split(",") if item.strip())
 
@@ -283,6 +295,8 @@ class Settings:
             currency=reporting_currency(v["PULSE_CURRENCY"]),
             attribution_half_life_s=duration("PULSE_ATTRIBUTION_HALF_LIFE"),
             attribution_views=touches(v["PULSE_ATTRIBUTION_TOUCHES"]),
+            offer_holdout=share("PULSE_OFFER_HOLDOUT"),
+            reco_session_gap_s=duration("PULSE_RECO_SESSION_GAP"),
         )
 
     def group_instance_id(self) -> str:
@@ -342,6 +356,8 @@ class Settings:
             fx=FxRates(self.currency),
             attribution_half_life_ms=int(self.attribution_half_life_s * 1000),
             attribution_views=self.attribution_views,
+            offer_holdout=self.offer_holdout,
+            session_gap_ms=int(self.reco_session_gap_s * 1000),
         )
 
     def with_(self, **changes: object) -> Settings:

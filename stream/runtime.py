@@ -30,6 +30,7 @@ from stream.core.credit import AttributionView
 from stream.core.dedup_rocks import RocksDeduplicator
 from stream.core.pipeline import MergeStage, PartitionStage, Pipeline
 from stream.core.propensity import PropensityModel
+from stream.core.recommend import Recommender
 from stream.core.rocks_budget import RocksBudget
 from stream.core.sealing import StateKey, StateRecordError
 from stream.core.windows import window_start
@@ -57,9 +58,13 @@ TABLES = {
         "events",
         "source partition -> model checkpoint (sealed plain data, base64)",
     ),
+    "recommenders": (
+        "events",
+        "source partition -> recommender checkpoint: item statistics and sessions (sealed)",
+    ),
 }
 #: tables whose changelog partition holds one key, each record the whole value
-LATEST_ONLY = ("windows", "merger", "models")
+LATEST_ONLY = ("windows", "merger", "models", "recommenders")
 
 
 class PartitionedStore(Protocol):
@@ -196,9 +201,19 @@ class Runtime:
     def state_key(self) -> StateKey:
         return self.pipeline.config.state_key
 
-    def model_blob(self, model: PropensityModel) -> str:
-        """A model checkpoint as its changelog value: sealed plain data, base64."""
+    def model_blob(self, model: PropensityModel | Recommender) -> str:
+        """A model (or recommender) checkpoint as its changelog value: sealed plain data,
+        base64."""
         return base64.b64encode(self.state_key.seal(plainstate.dumps(model.to_state()))).decode()
+
+    def load_recommender(self, blob: str, where: str) -> Recommender:
+        """A fresh recommender set to a :meth:`model_blob` checkpoint once its seal is checked."""
+        payload = self.state_key.open(base64.b64decode(blob), where)
+        if not payload.startswith(plainstate.MAGIC):
+            raise StateRecordError(f"{where} is not a plain-data checkpoint written by Pulse")
+        reco = self.stage.new_recommender()
+        reco.load_state(plainstate.loads(payload))
+        return reco
 
     def load_model(self, blob: str, where: str) -> PropensityModel | None:
         """A fresh model set to a :meth:`model_blob` checkpoint once its seal is checked.

@@ -64,7 +64,7 @@ LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 #: distinct Segment event names given their own ``pulse_segment_unmapped_total`` series
 MAX_UNMAPPED_NAMES = 100
 #: the ``table`` label values of ``pulse_state_records_refused_total``
-STATE_TABLES = ("windows", "clicks", "models", "merger", "dedup", "identities")
+STATE_TABLES = ("windows", "clicks", "models", "merger", "dedup", "identities", "recommenders")
 #: distinct currencies given their own ``pulse_revenue_unconverted_total`` series (ISO 4217
 #: has about 180)
 MAX_CURRENCIES = 200

@@ -30,6 +30,7 @@ from stream.core.ingest import BatchResult, Ingestor, RawRecord, dlq_record
 from stream.core.kpis import metric_record
 from stream.core.merge import EmittedOutputs, WindowMerger
 from stream.core.propensity import PropensityModel, model_factory
+from stream.core.recommend import Recommender
 from stream.core.rules import Rules
 from stream.core.sealing import StateKey
 from stream.core.stageclock import StageClock
@@ -41,6 +42,7 @@ CLOSE_ALL = 2**62
 #: Event types the propensity model learns from (add-to-carts and identities are not
 #: features of it yet)
 MODELLED = frozenset(("view", "click", "purchase"))
+OFFER_ITEMS = 5  # recommended items an offer carries
 
 Partial = tuple[int, int, list[tuple[int, dict[RowKey, Row]]]]  # partition, closed_until, windows
 
@@ -58,6 +60,8 @@ class StageOutput:
     internal: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     identity: list[str] = field(default_factory=list)  # link outcomes (identity.OUTCOMES)
     handovers: int = 0  # ids whose clicks were handed to their identity
+    #: offered and held-out users whose attribution window passed (``pulse.offers``)
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
 
 
 class PartitionStage:
@@ -66,14 +70,23 @@ class PartitionStage:
         ingestor: Ingestor,
         new_windows: Callable[[], PartitionWindows],
         new_model: Callable[[], PropensityModel] | None = None,
+        new_recommender: Callable[[], Recommender] = Recommender,
     ) -> None:
         self.ingestor = ingestor
         self.clock = ingestor.clock
         self.new_windows = new_windows
         self.new_model = new_model
+        self.new_recommender = new_recommender
         self.windows: dict[int, PartitionWindows] = {}
         self.models: dict[int, PropensityModel] = {}
         self.identities: dict[int, IdentityBook] = {}
+        self.recommenders: dict[int, Recommender] = {}
+
+    def recommender_state(self, partition: int) -> Recommender:
+        reco = self.recommenders.get(partition)
+        if reco is None:
+            reco = self.recommenders[partition] = self.new_recommender()
+        return reco
 
     def identity_state(self, partition: int) -> IdentityBook:
         book = self.identities.get(partition)
@@ -126,6 +139,9 @@ class PartitionStage:
                     continue
                 if isinstance(status, tuple):
                     out.counted.append((status, event))
+                if "item_id" in event or "items" in event:
+                    user = event.get("user_id") or event.get("anonymous_id") or ""
+                    self.recommender_state(p).observe_event(user, event)
                 if event["type"] in MODELLED:
                     scored.append((p, event))
             for rest in internal.values():
@@ -141,9 +157,22 @@ class PartitionStage:
                 on = model.on_event(event)
                 user = event.get("user_id") or event.get("anonymous_id") or ""
                 out.segments.append((model.user_segment(user, event["ts"]), event["type"]))
+                if on.offers:
+                    self.recommend_in(p, on.offers)
                 out.offers.extend(on.offers)
                 out.held.extend(on.held)
+                out.outcomes.extend(on.outcomes)
         return out
+
+    def recommend_in(self, partition: int, offers: list[dict[str, Any]]) -> None:
+        """Offers carry the user's top items (their scores and the policy that chose them)."""
+        reco = self.recommenders.get(partition)
+        if reco is None:
+            return
+        for offer in offers:
+            items, policy = reco.recommend(offer["target"]["user_id"], OFFER_ITEMS)
+            offer["params"]["offer"]["items"] = [{"item_id": i, "score": s} for i, s in items]
+            offer["params"]["offer"]["policy"] = policy
 
     def apply_internal(self, record: RawRecord, out: StageOutput) -> None:
         """A link notice (hand the id's clicks to its identity) or a handover (merge them),
@@ -204,10 +233,12 @@ class PartitionStage:
                     self.hand_over(pw, user, book.canonical(user), out)
 
     def erase_user(self, user: str) -> dict[str, list[int]]:
-        """Drop ``user``'s last clicks, model state and cached segment (``pulse erase``).
+        """Drop ``user``'s last clicks, model state, cached segment and sessions, and take
+        their recent contributions back from item statistics (``pulse erase``).
 
         Returns the partitions that held them: ``clicks`` need a changelog
-        tombstone, ``models`` a fresh checkpoint. Window counts hold no users.
+        tombstone, ``models`` and ``recommenders`` a fresh checkpoint. Window
+        counts hold no users.
         """
         clicks = []
         for p, pw in self.windows.items():
@@ -217,7 +248,8 @@ class PartitionStage:
                 clicks.append(p)
             pw.dirty_clicks.discard(user)
         models = [p for p, m in self.models.items() if m.erase_user(user)]
-        return {"clicks": sorted(clicks), "models": sorted(models)}
+        recos = [p for p, r in self.recommenders.items() if r.erase_user(user)]
+        return {"clicks": sorted(clicks), "models": sorted(models), "recommenders": sorted(recos)}
 
     def user_ids(self) -> set[str]:
         """Every user id this stage holds state for (last clicks, model state, identities)."""
@@ -229,6 +261,9 @@ class PartitionStage:
         for m in self.models.values():
             for per_user in (m.users, m.engaged, m.segments, m.pending_users, m.last_offer):
                 ids.update(per_user)
+            ids.update(m.watch)
+        for r in self.recommenders.values():
+            ids.update(r.users)
         return ids
 
     def model_quality(self) -> tuple[float, float, int]:
@@ -447,6 +482,10 @@ class PipelineConfig:
     attribution_half_life_ms: int = 7 * 86_400_000
     #: views are touches too (PULSE_ATTRIBUTION_TOUCHES=views), not only clicks
     attribution_views: bool = False
+    #: share of users eligible for an offer who get none (PULSE_OFFER_HOLDOUT)
+    offer_holdout: float = 0.1
+    #: gap that ends a user's session for recommendations (PULSE_RECO_SESSION_GAP)
+    session_gap_ms: int = 1_800_000
     #: exchange rates into the reporting currency (PULSE_CURRENCY; ``pulse.fx``), shared and
     #: updated in place by the worker's follower of ``pulse.fx``
     fx: FxRates = field(default_factory=FxRates)
@@ -509,9 +548,12 @@ class Pipeline:
         index = dedup or Deduplicator(c.dedup_ttl_ms, id_dir)
         ingestor = Ingestor(index, salt=c.salt, clock=clock)
         models = model_factory(
-            c.rules.user_offer, c.attribution_ms, c.window_ms, model_type=self.model_type
+            c.rules.user_offer, c.attribution_ms, c.window_ms, self.model_type, c.offer_holdout
         )
-        return PartitionStage(ingestor, self.new_windows, models)
+        return PartitionStage(ingestor, self.new_windows, models, self.new_recommender)
+
+    def new_recommender(self) -> Recommender:
+        return Recommender(session_gap_ms=self.config.session_gap_ms)
 
     def merge_stage(
         self,

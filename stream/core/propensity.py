@@ -29,6 +29,7 @@ as 1 would scale to 0); logistic regression learns with a 1/√t step size.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -74,6 +75,7 @@ def model_factory(
     attribution_ms: int,
     window_ms: int,
     model_type: type[PropensityModel] | None = None,
+    holdout: float = 0.0,
 ) -> Callable[[], PropensityModel] | None:
     """A factory for the ``user_offer`` section of the rules file (None when disabled).
 
@@ -91,6 +93,7 @@ def model_factory(
         min_score=config.min_score,
         offer_cap_ms=int(config.cap_hours * 3_600_000),
         window_ms=window_ms,
+        holdout=holdout,
     )
 
 
@@ -129,6 +132,23 @@ class _Names:
         return np.array([code(name, len(table)) for name in names], np.int32)
 
 
+GROUPS = ("offer", "holdout")
+
+
+def in_holdout(user: str, share: float) -> bool:
+    """Whether ``user`` is in the offer holdout of ``share`` (a fixed hash: seeded, stable).
+
+    >>> in_holdout("u-1", 0.0), in_holdout("u-1", 1.0)
+    (False, True)
+    >>> sum(in_holdout(f"u-{n}", 0.1) for n in range(10_000))
+    1004
+    """
+    if share <= 0.0:
+        return False
+    digest = hashlib.blake2b(user.encode(), digest_size=8, person=b"pulse-holdout").digest()
+    return int.from_bytes(digest, "big") < share * 2.0**64
+
+
 def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
@@ -137,6 +157,8 @@ def _logit(p: float) -> float:
 class OfferOutput:
     offers: list[dict[str, Any]] = field(default_factory=list)
     held: list[tuple[str, str]] = field(default_factory=list)
+    #: offered and held-out users whose attribution window passed (``pulse.offers``)
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
     score: float | None = None
 
 
@@ -176,6 +198,7 @@ class PropensityModel:
         window_ms: int = 60_000,
         lateness_ms: int | None = None,
         user_ttl_ms: int | None = None,
+        holdout: float = 0.0,
     ) -> None:
         self.attribution_ms = attribution_ms
         self.user_ttl_ms = max(attribution_ms, USER_TTL_MS) if user_ttl_ms is None else user_ttl_ms
@@ -184,6 +207,7 @@ class PropensityModel:
         self.min_score = min_score
         self.offer_cap_ms = offer_cap_ms
         self.window_ms = window_ms
+        self.holdout = holdout  # share of eligible users who get no offer (by hash)
         self.model = new_model()
         self.segmenter = cluster.KMeans(n_clusters=SEGMENTS, halflife=0.1, sigma=1.0, seed=7)
         # River draws the random starting centers lazily, per feature, in set order (which
@@ -206,8 +230,12 @@ class PropensityModel:
         self.pending: deque[list[Any]] = deque()
         self.pending_users: dict[str, list[list[Any]]] = {}
         self.last_offer: dict[str, int] = {}
+        # offered or held-out users until their attribution window passes: user ->
+        # [group, ts, trigger_id, campaign, purchases, revenue, unconverted purchases]
+        self.watch: dict[str, list[Any]] = {}
         self.max_ts = 0
         self.next_sweep = 0  # max_ts at which on_event() calls sweep()
+        self.next_outcomes = 0  # max_ts at which watched users are checked again
 
     def rfm(self, user: str, ts: int) -> dict[str, float]:
         """Recency (days, capped at 30), frequency and monetary of a user, log-scaled."""
@@ -290,12 +318,16 @@ class PropensityModel:
             self._maybe_offer(user, event, p, out)
         elif etype == "purchase" and self.pending_users.get(user):
             self._label_user(user, ts)
+        if etype == "purchase" and user in self.watch:
+            self._watch_purchase(self.watch[user], event)
         if etype != "view":
             self.segmenter.learn_one(self.rfm(user, ts))
             if etype == "purchase":
                 self.segments.pop(user, None)  # RFM changed: recompute on next use
         self._update_user(user, event)
         self.expire()
+        if self.watch:
+            self._close_watch(out)
         if self.max_ts >= self.next_sweep:
             self.sweep()
         return out
@@ -409,6 +441,16 @@ class PropensityModel:
                 "user": names.codes(self.last_offer),
                 "ts": np.array(list(self.last_offer.values()), np.int64),
             },
+            "watch": {
+                "user": names.codes(self.watch),
+                "group": names.codes(w[0] for w in self.watch.values()),
+                "trigger": names.codes(w[2] for w in self.watch.values()),
+                "campaign": names.codes(w[3] for w in self.watch.values()),
+                "counts": np.array(
+                    [[w[1], w[4], w[6]] for w in self.watch.values()], np.int64
+                ).reshape(-1, 3),
+                "revenue": np.array([w[5] for w in self.watch.values()], np.float64),
+            },
             "pending": {  # in arrival order; labelled entries (no user) hold no features
                 "ts": np.array([e[0] for e in pending], np.int64),
                 "score": np.array([e[3] for e in pending], np.float64),
@@ -447,7 +489,11 @@ class PropensityModel:
 
         def column(part: dict[str, Any], key: str, n: int) -> list[Any]:
             values = part[key]
-            out = named(values) if key in ("user", "campaign") else values.tolist()
+            out = (
+                named(values)
+                if key in ("user", "campaign", "group", "trigger")
+                else values.tolist()
+            )
             if len(out) != n:
                 raise ValueError(f"{key}: {len(out)} values for {n} rows")
             return out
@@ -472,6 +518,16 @@ class PropensityModel:
             self.engaged.setdefault(u, {})[c] = n
         self.segments = dict(zip(*table(state["segments"], "user", "segment"), strict=True))
         self.last_offer = dict(zip(*table(state["last_offer"], "user", "ts"), strict=True))
+        watch = state.get("watch")
+        self.watch = {}
+        if watch is not None:
+            cols = table(watch, "user", "group", "trigger", "campaign", "revenue")
+            for (user, group, tid, cid, revenue), (ts, n, unconverted) in zip(
+                zip(*cols, strict=True), watch["counts"].tolist(), strict=True
+            ):
+                if group not in GROUPS:
+                    raise ValueError(f"watch: unknown group {group!r}")
+                self.watch[user] = [group, ts, tid, cid, n, revenue, unconverted]
         part = state["pending"]
         ts, score, users, labelled = table(part, "ts", "score", "user", "labelled")
         numeric = part["numeric"].tolist()
@@ -549,13 +605,53 @@ class PropensityModel:
         (tests/stream/core/test_privacy.py checks the checkpoint and the pickled model).
         """
         held = False
-        maps = (self.users, self.engaged, self.segments, self.pending_users, self.last_offer)
+        maps = (
+            self.users, self.engaged, self.segments, self.pending_users, self.last_offer,
+            self.watch,
+        )  # fmt: skip
         for per_user in maps:
             held = per_user.pop(user, None) is not None or held
         if any(item[1] == user for item in self.pending):
             self.pending = deque(item for item in self.pending if item[1] != user)
             held = True
         return held
+
+    def _watch_purchase(self, watched: list[Any], event: dict[str, Any]) -> None:
+        """A purchase inside the attribution window after the offer (or the holdout)."""
+        if not 0 <= event["ts"] - watched[1] <= self.attribution_ms:
+            return
+        watched[4] += 1
+        value = event.get("revenue_reporting", event.get("revenue"))
+        if value is None:
+            watched[6] += 1  # no exchange rate: counted, never summed raw
+        else:
+            watched[5] += float(value)
+
+    def _close_watch(self, out: OfferOutput) -> None:
+        """Outcomes of users whose attribution window after the offer has passed."""
+        cutoff = self.max_ts - self.attribution_ms
+        if self.max_ts < self.next_outcomes:
+            return
+        self.next_outcomes = self.max_ts + max(1, self.attribution_ms // SWEEPS_PER_TTL)
+        for user in [u for u, w in self.watch.items() if w[1] < cutoff]:
+            self._finish(user, out)
+
+    def _finish(self, user: str, out: OfferOutput) -> None:
+        group, ts, tid, cid, n, revenue, unconverted = self.watch.pop(user)
+        out.outcomes.append(
+            {
+                "trigger_id": tid,
+                "group": group,
+                "user_id": user,
+                "campaign_id": cid,
+                "offered_at": ts,
+                "window_ms": self.attribution_ms,
+                "converted": n > 0,
+                "purchases": n,
+                "revenue": round(revenue, 6),
+                "unconverted": unconverted,
+            }
+        )
 
     def _maybe_offer(self, user: str, event: dict[str, Any], p: float, out: OfferOutput) -> None:
         if p < self.min_score:
@@ -577,10 +673,18 @@ class PropensityModel:
         cid = event.get("campaign_id") or offer or ""
         target = {"user_id": user, "campaign_id": cid}
         ws = ts - ts % self.window_ms
+        tid = trigger_id("user_offer", target, ws)
+        if user in self.watch:  # offered again before the last window passed: close it
+            self._finish(user, out)
+        group = "holdout" if in_holdout(user, self.holdout) else "offer"
+        self.watch[user] = [group, ts, tid, cid, 0, 0.0, 0]
+        if group == "holdout":
+            out.held.append(("user_offer", "holdout"))
+            return
         auc = float(self.rocauc.get())
         out.offers.append(
             {
-                "trigger_id": trigger_id("user_offer", target, ws),
+                "trigger_id": tid,
                 "action": "user.send_offer",
                 "rule": "user_offer",
                 "target": target,
@@ -599,7 +703,7 @@ class PropensityModel:
                     "window_start": ws,
                     "window_end": ws + self.window_ms,
                 },
-                "params": {"offer": {"campaign_id": offer}},
+                "params": {"offer": {"campaign_id": offer}, "propensity": p},
                 "created_at": ts,
             }
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 import faust
 import orjson
-from aiohttp import web
+from aiohttp import ClientError, ClientTimeout, web
 from aiohttp.http_exceptions import HttpProcessingError
 from faust.types.web import ResourceOptions
 
@@ -31,7 +31,9 @@ from stream.core.collector import (
     parse_body,
     presented_key,
 )
+from stream.core.privacy import pseudonymize
 from stream.core.segment import KINDS, SEGMENT_MAX_BATCH, load_mapping, map_request
+from stream.kafka.routing import owned, owner_url, partition_for
 from stream.kafka.writer import KafkaUnavailable
 from stream.runtime import Runtime
 
@@ -99,6 +101,33 @@ class RedactBadRequests(logging.Filter):
             record.exc_info = record.exc_text = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
+
+
+FORWARDED = "X-Pulse-Forwarded"  # a request one worker passed to another
+MAX_K = 100
+FORWARD_TIMEOUT = ClientTimeout(total=5)
+
+
+def reco_query(query: Any) -> tuple[int, bool, str | None] | str:
+    """``k``, ``exclude=seen`` and ``campaign_id`` of a recommendations request, or what is
+    wrong with them.
+
+    >>> reco_query({}), reco_query({"k": "5", "exclude": "seen", "campaign_id": "c"})
+    ((20, False, None), (5, True, 'c'))
+    >>> reco_query({"k": "0"})
+    'k must be a whole number from 1 to 100, got 0'
+    """
+    raw = query.get("k", "20")
+    try:
+        k = int(raw)
+    except ValueError:
+        k = 0
+    if not 1 <= k <= MAX_K:
+        return f"k must be a whole number from 1 to {MAX_K}, got {raw}"
+    exclude = query.get("exclude")
+    if exclude not in (None, "seen"):
+        return f"exclude={exclude!r} is not known: use exclude=seen or leave it out"
+    return k, exclude == "seen", query.get("campaign_id") or None
 
 
 def is_loopback(remote: str | None) -> bool:
@@ -336,6 +365,59 @@ def register(app: faust.App, rt: Runtime) -> None:
         body["generated_at"] = int(time.time() * 1000)
         return _json(200, body)
 
+    async def recommendations(request: web.Request) -> web.Response:
+        """Next items for a user, from the worker that holds the user's partition (a
+        request reaching another worker is forwarded to it once)."""
+        user = request.match_info["user_id"]
+        asked = reco_query(request.query)
+        if isinstance(asked, str):
+            return _error(400, asked)
+        k, exclude_seen, campaign = asked
+        s = rt.settings
+        events = s.topic("events")
+        p = partition_for(user.encode(), s.partitions)
+        if p not in owned(app, events):
+            if request.headers.get(FORWARDED):
+                return _error(
+                    503,
+                    f"partition {p} of user {user!r} is moving between workers: retry shortly",
+                    {"Retry-After": "2"},
+                )
+            url = owner_url(app, events, p)
+            if url is None:
+                return _error(
+                    503,
+                    f"no worker holds partition {p} of {events} yet: retry shortly",
+                    {"Retry-After": "2"},
+                )
+            return await forward(request, url)
+        held = pseudonymize(user, s.pseudonymize_salt) if s.pseudonymize_salt else user
+        reco = rt.stage.recommenders.get(p)
+        items, policy = reco.recommend(held, k, exclude_seen, campaign) if reco else ([], "popular")
+        return _json(
+            200,
+            {
+                "user_id": user,
+                "items": [{"item_id": i, "score": score} for i, score in items],
+                "policy": policy,
+                "generated_at": int(time.time() * 1000),
+            },
+        )
+
+    async def forward(request: web.Request, url: str) -> web.Response:
+        headers = {FORWARDED: "1"}
+        if "Authorization" in request.headers:
+            headers["Authorization"] = request.headers["Authorization"]
+        target = url.rstrip("/") + str(request.rel_url)
+        try:
+            async with app.http_client.get(target, headers=headers, timeout=FORWARD_TIMEOUT) as got:
+                body = await got.read()
+                return web.Response(status=got.status, body=body, content_type=JSON)
+        except (TimeoutError, OSError, ClientError) as exc:
+            return _error(
+                503, f"the worker holding this user ({url}) did not answer ({exc!r}): retry"
+            )
+
     page = (Path(__file__).parent / "static" / "index.html").read_text()
 
     async def models(request: web.Request) -> web.Response:
@@ -440,6 +522,7 @@ def register(app: faust.App, rt: Runtime) -> None:
         ("/v1/models/propensity/score", "post", score, None, may_read),
         ("/v1/campaigns/{campaign_id}", "get", campaign, None, may_read),
         ("/v1/attribution", "get", attribution, None, may_read),
+        ("/v1/users/{user_id}/recommendations", "get", recommendations, None, may_read),
         ("/", "get", index, None, None),
         ("/v1/pulse.js", "get", pulse_js, None, None),
     ]

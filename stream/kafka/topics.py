@@ -95,6 +95,10 @@ async def security_problem(settings: Settings, timeout_s: float = 10.0) -> str |
     return None
 
 
+#: the largest state record (a recommender checkpoint of a big catalog): its changelog's
+#: max.message.bytes and the transactional producer's max request size
+CHECKPOINT_MAX_BYTES = 16 * 1024 * 1024
+
 #: short name -> extra topic config
 TOPICS: dict[str, dict[str, str]] = {
     "events": {"max.message.bytes": str(16 * 1024 * 1024)},
@@ -103,6 +107,7 @@ TOPICS: dict[str, dict[str, str]] = {
     "triggers": {},
     "triggers.retry": {},  # `pulse deliver`: tries scheduled for later
     "triggers.dlq": {},  # `pulse deliver`: triggers given up on
+    "offers": {},  # outcomes of offered and held-out users (the offer holdout)
     "campaigns": {"cleanup.policy": "compact"},
     "erasures": {"cleanup.policy": "compact"},  # `pulse erase` requests, co-partitioned with events
     "fx": {"cleanup.policy": "compact"},  # exchange rates, keyed CUR@valid_from (`pulse fx set`)
@@ -111,7 +116,7 @@ TOPICS: dict[str, dict[str, str]] = {
 }
 #: topics whose records carry ids as trackers sent them (events, DLQ) or a user's id in
 #: triggers (the pseudonym with a salt): kept for PULSE_RAW_RETENTION (``pulse erase`` says so)
-RAW_ID_TOPICS = ("events", "events.dlq", "triggers", "triggers.retry", "triggers.dlq")
+RAW_ID_TOPICS = ("events", "events.dlq", "triggers", "triggers.retry", "triggers.dlq", "offers")
 
 
 def topic_config(settings: Settings, short: str) -> dict[str, str]:

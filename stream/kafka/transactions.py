@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition, errors
 from stream.config import Settings
 from stream.core.errors import PulseError
 from stream.failpoints import FAILPOINTS
+from stream.kafka.topics import CHECKPOINT_MAX_BYTES
 from stream.kafka.writer import send_batches
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class Transactions:
             enable_idempotence=True,
             linger_ms=5,
             max_batch_size=256 * 1024,
+            max_request_size=CHECKPOINT_MAX_BYTES,  # a recommender checkpoint can be large
             request_timeout_ms=int(self.timeout_s * 1000),
             # the first write to a partition in a transaction is verified by the
             # broker and often answered NOT_ENOUGH_REPLICAS once: retry soon

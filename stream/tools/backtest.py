@@ -17,21 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka.partitioner import murmur2
 
 from stream.config import Settings
 from stream.core.fx import FxRates
 from stream.core.ingest import RawRecord
 from stream.core.pipeline import CLOSE_ALL, Pipeline
 from stream.core.validation import receive_time_ms
+from stream.kafka import routing
 from stream.tools.replay import count_records, iter_file_records
 
 
 def partition_for(key: bytes | None, partitions: int, fallback: int) -> int:
     """Kafka's default partition for a key (round robin for keyless records)."""
-    if key is None:
-        return fallback % partitions
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return fallback % partitions if key is None else routing.partition_for(key, partitions)
 
 
 def run_backtest(

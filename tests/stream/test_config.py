@@ -58,6 +58,8 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "currency": "USD",
     "attribution_half_life_s": 604_800.0,
     "attribution_views": False,
+    "offer_holdout": 0.1,
+    "reco_session_gap_s": 1_800.0,
 }
 
 
@@ -175,6 +177,8 @@ OVERRIDES: list[tuple[str, str, str, Any]] = [
     ("PULSE_ATTRIBUTION_TOUCHES", "Views", "attribution_views", True),
     ("PULSE_DELIVERY_SCHEDULE", "1s,5s", "delivery_schedule", "1s,5s"),
     ("PULSE_DELIVER_PORT", "7067", "deliver_port", 7067),
+    ("PULSE_OFFER_HOLDOUT", "0.25", "offer_holdout", 0.25),
+    ("PULSE_RECO_SESSION_GAP", "10m", "reco_session_gap_s", 600.0),
 ]
 
 

@@ -248,18 +248,26 @@ def test_stage_erase_user_drops_clicks_and_model_state() -> None:
         lambda: PropensityModel(attribution_ms=3_600_000),
     )
     records = [
-        (b"k", orjson.dumps(event(event_id=f"e{i}", user_id=u, event_time=T0 + i)), p, i, T0)
-        for i, (u, p) in enumerate([("alice", 1), ("bob", 1), ("carol", 2)])
-    ]
+        (b"k", orjson.dumps(event(event_id=f"e{i}", user_id=u, event_time=T0 + i, item_id=it)),
+         p, i, T0)
+        for i, (u, p, it) in enumerate(
+            [("alice", 1, "sku-1"), ("alice", 1, "sku-2"), ("bob", 1, "sku-1"), ("carol", 2, "x")]
+        )
+    ]  # fmt: skip
     stage.process(records, T0)
     stage.window_state(1).drain_clicks()
-    assert stage.erase_user("alice") == {"clicks": [1], "models": [1]}
+    reco = stage.recommenders[1]
+    assert "sku-2" in reco.co["sku-1"]
+    assert stage.erase_user("alice") == {"clicks": [1], "models": [1], "recommenders": [1]}
+    assert "alice" not in reco.users and "sku-2" not in reco.co.get("sku-1", {})
+    assert b"alice" not in plainstate.dumps(reco.to_state())
+    assert reco.recommend("alice", 5)[1] == "popular" and "bob" in reco.users
     assert "alice" not in stage.window_state(1).last_click
     assert "alice" not in stage.window_state(1).dirty_clicks
     assert b"alice" not in pickle.dumps(stage.models[1])
     assert b"alice" not in plainstate.dumps(stage.models[1].to_state())
     assert "bob" in stage.window_state(1).last_click
-    assert stage.erase_user("alice") == {"clicks": [], "models": []}
+    assert stage.erase_user("alice") == {"clicks": [], "models": [], "recommenders": []}
     purchase = event(event_id="p1", type="purchase", user_id="alice", event_time=T0 + 10,
                      revenue=5.0, currency="EUR")  # fmt: skip
     del purchase["campaign_id"]

@@ -6,7 +6,8 @@ import os
 import subprocess
 import sys
 
-from stream.core.propensity import PropensityModel
+from stream.core import plainstate
+from stream.core.propensity import PropensityModel, in_holdout
 
 MIN = 60_000
 
@@ -70,8 +71,32 @@ def test_offer_names_the_most_engaged_campaign_and_is_deterministic() -> None:
         return m.on_event(click(2 * MIN, cid="y")).offers[0]
 
     a, b = run(), run()
-    assert a["params"] == {"offer": {"campaign_id": "x"}}
+    assert a["params"]["offer"] == {"campaign_id": "x"}
+    assert 0.0 <= a["params"]["propensity"] <= 1.0
     assert a["trigger_id"] == b["trigger_id"] and "propensity" in a["reason"]
+
+
+def test_holdout_users_get_no_offer_and_both_groups_report_outcomes() -> None:
+    m = PropensityModel(attribution_ms=10 * MIN, min_labels=0, min_score=0.0, holdout=0.5)
+    users = [f"u{n}" for n in range(40)]
+    held = [u for u in users if in_holdout(u, 0.5)]
+    assert 10 < len(held) < 30
+    offered = []
+    for n, user in enumerate(users):
+        out = m.on_event(click(n, user))
+        offered += [t["target"]["user_id"] for t in out.offers]
+        assert (out.held == [("user_offer", "holdout")]) == (user in held)
+    assert set(offered) == set(users) - set(held)
+    m.on_event({**click(MIN, users[0]), "type": "purchase", "revenue": 5.0})
+    twin = PropensityModel(attribution_ms=10 * MIN, min_labels=0, min_score=0.0, holdout=0.5)
+    twin.load_state(plainstate.loads(plainstate.dumps(m.to_state())))
+    assert twin.watch == m.watch
+    outcomes = twin.on_event(view(30 * MIN, "late-viewer")).outcomes
+    assert sorted(o["user_id"] for o in outcomes) == sorted(users)
+    first = next(o for o in outcomes if o["user_id"] == users[0])
+    assert first["converted"] and first["revenue"] == 5.0 and first["purchases"] == 1
+    assert {o["group"] for o in outcomes if o["user_id"] in held} == {"holdout"}
+    assert not twin.watch
 
 
 def test_idle_users_are_forgotten() -> None:
