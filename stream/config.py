@@ -103,6 +103,7 @@ DEFAULTS: dict[str, str] = {
     "PULSE_ATTRIBUTION_TOUCHES": "clicks",
     "PULSE_OFFER_HOLDOUT": "0.1",
     "PULSE_RECO_SESSION_GAP": "30m",
+    "PULSE_ADVERTISED_URL": "",
 }
 
 
@@ -182,6 +183,8 @@ class Settings:
     offer_holdout: float = 0.1
     #: PULSE_RECO_SESSION_GAP: a gap this long ends a user's session (recommendations)
     reco_session_gap_s: float = 1_800.0
+    #: PULSE_ADVERTISED_URL: where other workers reach this one ("": http://<host name>:port)
+    advertised_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -297,6 +300,7 @@ class Settings:
             attribution_views=touches(v["PULSE_ATTRIBUTION_TOUCHES"]),
             offer_holdout=share("PULSE_OFFER_HOLDOUT"),
             reco_session_gap_s=duration("PULSE_RECO_SESSION_GAP"),
+            advertised_url=v["PULSE_ADVERTISED_URL"].strip(),
         )
 
     def group_instance_id(self) -> str:

@@ -104,6 +104,7 @@ class RedactBadRequests(logging.Filter):
 
 
 FORWARDED = "X-Pulse-Forwarded"  # a request one worker passed to another
+SERVED_BY = "X-Pulse-Served-By"  # on a forwarded answer: the worker that made it
 MAX_K = 100
 FORWARD_TIMEOUT = ClientTimeout(total=5)
 
@@ -412,7 +413,10 @@ def register(app: faust.App, rt: Runtime) -> None:
         try:
             async with app.http_client.get(target, headers=headers, timeout=FORWARD_TIMEOUT) as got:
                 body = await got.read()
-                return web.Response(status=got.status, body=body, content_type=JSON)
+                headers = {SERVED_BY: url}
+                return web.Response(
+                    status=got.status, body=body, content_type=JSON, headers=headers
+                )
         except (TimeoutError, OSError, ClientError) as exc:
             return _error(
                 503, f"the worker holding this user ({url}) did not answer ({exc!r}): retry"

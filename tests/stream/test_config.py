@@ -60,6 +60,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "attribution_views": False,
     "offer_holdout": 0.1,
     "reco_session_gap_s": 1_800.0,
+    "advertised_url": "",
 }
 
 
@@ -179,6 +180,7 @@ OVERRIDES: list[tuple[str, str, str, Any]] = [
     ("PULSE_DELIVER_PORT", "7067", "deliver_port", 7067),
     ("PULSE_OFFER_HOLDOUT", "0.25", "offer_holdout", 0.25),
     ("PULSE_RECO_SESSION_GAP", "10m", "reco_session_gap_s", 600.0),
+    ("PULSE_ADVERTISED_URL", " http://w1:6066 ", "advertised_url", "http://w1:6066"),
 ]
 
 
