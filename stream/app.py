@@ -94,7 +94,7 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=True,
         web_port=settings.web_port,
         web_bind=settings.web_host,
-        **({"canonical_url": settings.advertised_url} if settings.advertised_url else {}),
+        canonical_url=settings.advertised_url or None,
         web_transport="tcp://",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,

@@ -29,7 +29,7 @@ from stream.core.identity import IdentityBook, internal_record, is_internal
 from stream.core.ingest import BatchResult, Ingestor, RawRecord, dlq_record
 from stream.core.kpis import metric_record
 from stream.core.merge import EmittedOutputs, WindowMerger
-from stream.core.propensity import PropensityModel, model_factory
+from stream.core.propensity import OfferOutput, PropensityModel, model_factory
 from stream.core.recommend import Recommender
 from stream.core.rules import Rules
 from stream.core.sealing import StateKey
@@ -163,6 +163,14 @@ class PartitionStage:
                 out.held.extend(on.held)
                 out.outcomes.extend(on.outcomes)
         return out
+
+    def finish_offers(self) -> list[dict[str, Any]]:
+        """Outcomes of every offered or held-out user still followed (end of a backtest)."""
+        out = OfferOutput()
+        for model in self.models.values():
+            for user in list(model.watch):
+                model.finish(user, out)
+        return out.outcomes
 
     def recommend_in(self, partition: int, offers: list[dict[str, Any]]) -> None:
         """Offers carry the user's top items (their scores and the policy that chose them)."""

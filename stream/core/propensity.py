@@ -634,9 +634,10 @@ class PropensityModel:
             return
         self.next_outcomes = self.max_ts + max(1, self.attribution_ms // SWEEPS_PER_TTL)
         for user in [u for u, w in self.watch.items() if w[1] < cutoff]:
-            self._finish(user, out)
+            self.finish(user, out)
 
-    def _finish(self, user: str, out: OfferOutput) -> None:
+    def finish(self, user: str, out: OfferOutput) -> None:
+        """Write ``user``'s outcome and stop following them."""
         group, ts, tid, cid, n, revenue, unconverted = self.watch.pop(user)
         out.outcomes.append(
             {
@@ -675,7 +676,7 @@ class PropensityModel:
         ws = ts - ts % self.window_ms
         tid = trigger_id("user_offer", target, ws)
         if user in self.watch:  # offered again before the last window passed: close it
-            self._finish(user, out)
+            self.finish(user, out)
         group = "holdout" if in_holdout(user, self.holdout) else "offer"
         self.watch[user] = [group, ts, tid, cid, 0, 0.0, 0]
         if group == "holdout":

@@ -74,7 +74,8 @@ def run_backtest(
         disable=not (progress and sys.stderr.isatty()),
     )
     started = time.monotonic()
-    files = {name: (out / f"{name}.jsonl").open("wb") for name in ("metrics", "triggers", "dlq")}
+    names = ("metrics", "triggers", "dlq", "offers")
+    files = {name: (out / f"{name}.jsonl").open("wb") for name in names}
 
     def emit(partials: list[Any]) -> None:
         result = merge.add(partials, None)
@@ -107,6 +108,8 @@ def run_backtest(
                 for offer in result.offers:
                     files["triggers"].write(orjson.dumps(offer) + b"\n")
                 totals["offers"] += len(result.offers)
+                for outcome in result.outcomes:
+                    files["offers"].write(orjson.dumps(outcome) + b"\n")
                 totals["records"] += len(chunk)
                 totals["valid"] += len(result.counted)
                 totals["duplicates"] += result.result.duplicates
@@ -115,6 +118,8 @@ def run_backtest(
                 emit(stage.close(result.touched))
                 bar.update(task, advance=len(chunk))
             emit(stage.close(range(n_parts), CLOSE_ALL))
+            for outcome in stage.finish_offers():  # the data ended: their windows did too
+                files["offers"].write(orjson.dumps(outcome) + b"\n")
     finally:
         for f in files.values():
             f.close()

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from stream.config import Settings
-from stream.core.report import EmptyReportError, attribution_table, metrics_frame
+from stream.core.report import EmptyReportError, attribution_table, metrics_frame, offer_table
 from stream.kafka.reading import Advance, ProgressFactory, TopicMissing, read_topic
 from stream.tools.report_files import write_report
 
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 TRIGGERS_FILE = "triggers.jsonl"
+OFFERS_FILE = "offers.jsonl"
 
 
 async def records_from_kafka(
@@ -53,6 +54,22 @@ async def triggers_from_kafka(
         return await read_topic(settings, settings.topic("triggers"), timeout_s, progress)
     except TopicMissing:
         return []
+
+
+async def offers_from_kafka(
+    settings: Settings, timeout_s: float = 10, progress: ProgressFactory | None = None
+) -> list[dict[str, Any]]:
+    """Offer outcomes of ``settings.topic("offers")`` (none when the topic does not exist)."""
+    try:
+        return await read_topic(settings, settings.topic("offers"), timeout_s, progress)
+    except TopicMissing:
+        return []
+
+
+def offers_from_dir(path: str | Path) -> list[dict[str, Any]]:
+    """Offer outcomes of a backtest directory (``offers.jsonl``; none without the file)."""
+    found = Path(path) / OFFERS_FILE
+    return _read_jsonl(found, None) if found.is_file() else []
 
 
 # -- backtest directory -------------------------------------------------------------------
@@ -153,7 +170,7 @@ def run_report(
         if source is None:
             if settings is None:
                 raise ValueError("reading from Kafka needs settings (Settings.from_env())")
-            records, triggers = asyncio.run(_read_kafka(settings, timeout_s, track))
+            records, triggers, offers = asyncio.run(_read_kafka(settings, timeout_s, track))
             where = f"{settings.topic('metrics')} on {settings.kafka_bootstrap}"
             empty_hint = (
                 f"no closed windows found in {settings.topic('metrics')}: let the worker run "
@@ -161,6 +178,7 @@ def run_report(
             )
         else:
             records, triggers = records_from_dir(source, track)
+            offers = offers_from_dir(source)
             where = str(source)
             empty_hint = (
                 f"no closed windows found in {Path(source) / METRICS_FILE}: the backtest "
@@ -181,12 +199,17 @@ def run_report(
             currency=currency,
             attribution=attribution_table(records),
             attribution_channels=attribution_table(records, by="channel"),
+            offers=offer_table(offers),
         )
+
+
+Records = list[dict[str, Any]]
 
 
 async def _read_kafka(
     settings: Settings, timeout_s: float, track: ProgressFactory
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[Records, Records, Records]:
     records = await records_from_kafka(settings, timeout_s, track)
     triggers = await triggers_from_kafka(settings, timeout_s, track)
-    return records, triggers
+    offers = await offers_from_kafka(settings, timeout_s, track)
+    return records, triggers, offers

@@ -45,6 +45,7 @@ def write_report(
     currency: str = "",
     attribution: pd.DataFrame | None = None,
     attribution_channels: pd.DataFrame | None = None,
+    offers: pd.DataFrame | None = None,
 ) -> Path:
     """Write ``report.html``, ``kpis.csv``, ``windows.csv`` and the PNG charts to ``out_dir``.
 
@@ -54,7 +55,9 @@ def write_report(
     currency) labels the revenue chart; ``attribution``
     (:func:`~stream.core.report.attribution_table`) adds the models side by side and
     ``attribution.csv``, ``attribution_channels`` the same per channel
-    (``attribution_channels.csv``). Returns the path of ``report.html``.
+    (``attribution_channels.csv``), ``offers`` (:func:`~stream.core.report.offer_table`)
+    the offered users against the holdout (``offers.csv``). Returns the path of
+    ``report.html``.
     """
     tables = kpi_tables(df)  # raises EmptyReportError first: nothing is written for no data
     out = Path(out_dir)
@@ -76,9 +79,13 @@ def write_report(
         attribution_channels.to_csv(out / "attribution_channels.csv", index=False)
     else:
         attribution_channels = None
+    if offers is not None and not offers.empty:
+        offers.to_csv(out / "offers.csv", index=False)
+    else:
+        offers = None
     page = _html(
         title, source, tables, charts, trig, triggers is not None, attribution,
-        attribution_channels,
+        attribution_channels, offers,
     )  # fmt: skip
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
@@ -307,6 +314,14 @@ _FORMATTERS = {
     "campaign_id": _fmt_text,
     "variant_id": _fmt_text,
     "channel": _fmt_text,
+    "users": _fmt_int,
+    "converted": _fmt_int,
+    "conversion": _fmt_pct,
+    "conversion_low": _fmt_pct,
+    "conversion_high": _fmt_pct,
+    "revenue_per_user": _fmt_money,
+    "revenue_low": _fmt_money,
+    "revenue_high": _fmt_money,
 }
 _HEADERS = {
     "campaign_id": "campaign",
@@ -410,6 +425,7 @@ def _html(
     has_triggers: bool,
     attribution: pd.DataFrame | None = None,
     attribution_channels: pd.DataFrame | None = None,
+    offers: pd.DataFrame | None = None,
 ) -> str:
     esc = html.escape
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -460,6 +476,17 @@ def _html(
             'are then the channels). Data: <a href="attribution_channels.csv">'
             "attribution_channels.csv</a>.</p>",
             _table(attribution_channels),
+        ]
+    if offers is not None:
+        parts += [
+            "<h2>Offers against the holdout</h2>",
+            "<p class='note'>Users eligible for a <code>user.send_offer</code>: the offered "
+            "ones and the holdout (PULSE_OFFER_HOLDOUT, chosen by a fixed hash of the id, "
+            "sent nothing), each followed for the attribution window after the offer: the "
+            "share who purchased and the revenue per user, with 95 % confidence intervals; "
+            "the last row is what an offer adds. "
+            'Data: <a href="offers.csv">offers.csv</a>.</p>',
+            _table(offers),
         ]
     if has_triggers:
         parts.append("<h2>Triggers</h2>")

@@ -115,3 +115,27 @@ def test_backtest_converts_with_the_rates_of_an_fx_file(tmp_path) -> None:
     assert [t["evidence"]["unconverted"] for t in triggers if t["rule"] == "fx_missing"] == [
         {"GBP": 1}
     ]
+
+
+def test_backtest_writes_offer_outcomes_that_the_report_compares(tmp_path) -> None:
+    from stream.core.browsing import BrowseSim
+    from stream.tools.report import run_report
+
+    rules = tmp_path / "rules.yaml"
+    text = RULES.read_text().replace("min_labels: 200", "min_labels: 0")
+    rules.write_text(text.replace("min_score: 0.5", "min_score: 0.0"))
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(e) for e in BrowseSim(users=200, seed=8).events()))
+    env = {"PULSE_RULES": str(rules), "PULSE_ATTRIBUTION_WINDOW": "1h", "PULSE_CURRENCY": "USD"}
+    summary = run_backtest(Settings.from_env(env), path, tmp_path / "out", progress=False)
+    outcomes = [orjson.loads(x) for x in (tmp_path / "out/offers.jsonl").read_bytes().splitlines()]
+    groups = {o["group"] for o in outcomes}
+    assert groups == {"offer", "holdout"} and summary["offers"] > 0
+    offered = sum(o["group"] == "offer" for o in outcomes)
+    assert offered == summary["offers"]  # every offer is followed to its outcome
+    triggers = (tmp_path / "out/triggers.jsonl").read_bytes().splitlines()
+    offers = [t for t in map(orjson.loads, triggers) if t["action"] == "user.send_offer"]
+    assert all(o["params"]["offer"]["items"] for o in offers)
+    page = run_report(None, tmp_path / "out", tmp_path / "report", progress=False).read_text()
+    assert "Offers against the holdout" in page and "offer − holdout" in page
+    assert (tmp_path / "report" / "offers.csv").is_file()
