@@ -16,7 +16,10 @@ and scores the outcome against :attr:`stream.core.simulator.Simulator.truth`:
 * identity stitching on simulated logins (:mod:`stream.core.logins`: devices,
   cross-device people, shared computers, placeholder user ids): pairwise precision
   (goal ≥ 0.99) and recall (goal ≥ 0.95), and the post-login purchases credited to
-  pre-login clicks.
+  pre-login clicks;
+* next-item recommendations (``bench/reco_quality.py``): HR@20 and MRR@20 of POP,
+  S-POP and Pulse on the Diginetica sample and the shopper simulator, printed as a
+  ``RECO`` line after the ``QUALITY`` line.
 
 Runs: one steady run (2 simulated hours, 10 campaigns) and three ``ctr-drop``
 runs (40 min, seeds 42–44); ``--quick`` (``make quality QUICK=1``): 1 hour with
@@ -368,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         f"pre_login_credited={stitch.credited}/{stitch.purchases}",
     ]
     out("QUALITY " + " | ".join(summary))
+    from bench.reco_quality import reco_quality
+
+    out("RECO " + " | ".join(reco_quality(out)))
     return 0
 
 

@@ -24,6 +24,7 @@ READ_SIDE = [
     ("GET", "/v1/campaigns/cmp-001", None),  # 404 with the key: no window yet
     ("GET", "/v1/models", None),
     ("GET", "/v1/attribution", None),
+    ("GET", "/v1/users/u-1/recommendations", None),
     ("POST", "/v1/models/propensity/score", b'{"clicks": 1}'),
 ]
 OPEN = [("GET", "/healthz", None), ("GET", "/readyz", None), ("GET", "/", None)]
