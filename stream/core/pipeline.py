@@ -164,6 +164,16 @@ class PartitionStage:
                 out.outcomes.extend(on.outcomes)
         return out
 
+    def merge_user(self, p: int, pw: PartitionWindows, identity: str, body: Any) -> None:
+        """Merge a handover's state into ``identity``'s on partition ``p``."""
+        pw.merge_user(identity, body)
+        if body.get("model") is not None:
+            model = self.model_state(p)
+            if model is not None:
+                model.merge_user(identity, str(body["id"]), body["model"])
+        if body.get("items") is not None:
+            self.recommender_state(p).merge_user(identity, body["items"])
+
     def finish_offers(self) -> list[dict[str, Any]]:
         """Outcomes of every offered or held-out user still followed (end of a backtest)."""
         out = OfferOutput()
@@ -196,11 +206,11 @@ class PartitionStage:
             if body["pulse"] == "link":
                 identity = book.on_notice(body)
                 if identity is not None:
-                    self.hand_over(pw, str(body["id"]), identity, out)
+                    self.hand_over(p, str(body["id"]), identity, out)
             elif body["pulse"] == "handover":
                 target = book.forward(body)
                 if target is None:
-                    pw.merge_user(str(body["identity"]), body)
+                    self.merge_user(p, pw, str(body["identity"]), body)
                 else:  # the identity moved on since: follow it
                     hops = int(body.get("hops", 0)) + 1
                     moved = {**body, "identity": target, "hops": hops}
@@ -215,10 +225,18 @@ class PartitionStage:
             out.result.dlq.append((key, dlq_record("schema", detail, raw or b"", received)))
             out.result.invalid["schema"] += 1
 
-    def hand_over(self, pw: PartitionWindows, user: str, identity: str, out: StageOutput) -> None:
-        """Send ``user``'s clicks to ``identity``'s partition (nothing held: nothing sent)."""
-        taken = pw.take_user(user)
-        if taken is None:
+    def hand_over(self, p: int, user: str, identity: str, out: StageOutput) -> None:
+        """Send ``user``'s clicks, propensity state (features, caps, clicks awaiting a label)
+        and recommendation history to ``identity``'s partition (nothing held: nothing sent)."""
+        model, reco = self.models.get(p), self.recommenders.get(p)
+        taken: dict[str, Any] = self.window_state(p).take_user(user) or {}
+        moved = model.take_user(user) if model is not None else None
+        if moved is not None:
+            taken["model"] = moved
+        items = reco.take_user(user) if reco is not None else None
+        if items is not None:
+            taken["items"] = items
+        if not taken:
             return
         body = {"pulse": "handover", "id": user, "identity": identity, "hops": 0, **taken}
         out.internal.append((identity.encode(), internal_record(body)))
@@ -238,7 +256,7 @@ class PartitionStage:
                 book.outcomes.clear()
             if book.records:
                 for user in [u for u in pw.dirty_clicks if book.canonical(u) != u]:
-                    self.hand_over(pw, user, book.canonical(user), out)
+                    self.hand_over(p, user, book.canonical(user), out)
 
     def erase_user(self, user: str) -> dict[str, list[int]]:
         """Drop ``user``'s last clicks, model state, cached segment and sessions, and take

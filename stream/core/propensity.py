@@ -233,6 +233,9 @@ class PropensityModel:
         # offered or held-out users until their attribution window passes: user ->
         # [group, ts, trigger_id, campaign, purchases, revenue, unconverted purchases]
         self.watch: dict[str, list[Any]] = {}
+        # ids whose state was merged into an identity here -> the newest event time it
+        # held: a handover applied again (a replay) is not counted twice
+        self.merged_from: dict[str, int] = {}
         self.max_ts = 0
         self.next_sweep = 0  # max_ts at which on_event() calls sweep()
         self.next_outcomes = 0  # max_ts at which watched users are checked again
@@ -360,6 +363,8 @@ class PropensityModel:
         old = [u for u, ts in self.last_offer.items() if ts < offer_before]
         for user in old:
             del self.last_offer[user]
+        merged_before = self.max_ts - self.user_ttl_ms
+        self.merged_from = {u: t for u, t in self.merged_from.items() if t >= merged_before}
         ttl = min(self.user_ttl_ms, self.offer_cap_ms + self.lateness_ms)
         self.next_sweep = self.max_ts + max(1, ttl // SWEEPS_PER_TTL)
         return dropped + len(old)
@@ -441,6 +446,10 @@ class PropensityModel:
                 "user": names.codes(self.last_offer),
                 "ts": np.array(list(self.last_offer.values()), np.int64),
             },
+            "merged_from": {
+                "user": names.codes(self.merged_from),
+                "ts": np.array(list(self.merged_from.values()), np.int64),
+            },
             "watch": {
                 "user": names.codes(self.watch),
                 "group": names.codes(w[0] for w in self.watch.values()),
@@ -518,6 +527,10 @@ class PropensityModel:
             self.engaged.setdefault(u, {})[c] = n
         self.segments = dict(zip(*table(state["segments"], "user", "segment"), strict=True))
         self.last_offer = dict(zip(*table(state["last_offer"], "user", "ts"), strict=True))
+        merged = state.get("merged_from")
+        self.merged_from = (
+            {} if merged is None else dict(zip(*table(merged, "user", "ts"), strict=True))
+        )
         watch = state.get("watch")
         self.watch = {}
         if watch is not None:
@@ -615,6 +628,71 @@ class PropensityModel:
             self.pending = deque(item for item in self.pending if item[1] != user)
             held = True
         return held
+
+    def take_user(self, user: str) -> dict[str, Any] | None:
+        """Remove and return ``user``'s state (it moves to the identity they were merged
+        into, :meth:`merge_user`): counters, engagement, offer cap, clicks awaiting a label
+        with their features, and an offer's follow-up; None when none is held."""
+        row = self.users.pop(user, None)
+        pending = self.pending_users.pop(user, [])
+        if pending:
+            moved = {id(e) for e in pending}
+            self.pending = deque(e for e in self.pending if id(e) not in moved)
+        taken = {
+            "row": row,
+            "engaged": self.engaged.pop(user, None),
+            "last_offer": self.last_offer.pop(user, None),
+            "pending": [[e[0], e[2], e[3]] for e in pending],
+            "watch": self.watch.pop(user, None),
+        }
+        self.segments.pop(user, None)
+        if row is None and not pending and taken["watch"] is None:
+            return None
+        return taken
+
+    def merge_user(self, user: str, source: str, taken: dict[str, Any]) -> None:
+        """Add the state of ``source`` (:meth:`take_user`) to ``user``'s: counts add up,
+        recent counts decay to the newer time, pending clicks wait for ``user``'s
+        purchases. Applied once per ``source`` and state (a replay changes nothing)."""
+        row = taken.get("row")
+        pending = [(int(ts), dict(x), float(p)) for ts, x, p in taken.get("pending") or ()]
+        times = [ts for ts, _, _ in pending] + ([int(row[4])] if row else [])
+        version = max(times, default=-1)
+        if self.merged_from.get(source, -2) >= version:
+            return
+        self.merged_from[source] = version
+        if row is not None:
+            mine = self.users.get(user)
+            if mine is None:
+                self.users[user] = [*row[:4], int(row[4]), *row[5:]]
+            else:
+                newer = max(mine[4], int(row[4]))
+                ours = math.exp(-(newer - mine[4]) / RECENT_MS)
+                theirs = math.exp(-(newer - int(row[4])) / RECENT_MS)
+                for i in range(4):
+                    mine[i] += row[i]
+                for i in range(5, 8):
+                    mine[i] = mine[i] * ours + row[i] * theirs
+                mine[4] = newer
+        for cid, n in (taken.get("engaged") or {}).items():
+            per = self.engaged.setdefault(user, {})
+            per[cid] = per.get(cid, 0) + int(n)
+        offered = taken.get("last_offer")
+        if offered is not None:
+            self.last_offer[user] = max(self.last_offer.get(user, 0), int(offered))
+        watch = taken.get("watch")
+        if watch is not None and user not in self.watch:
+            self.watch[user] = list(watch)
+        for ts, x, p in pending:
+            entry = [ts, user, x, p]
+            at = len(self.pending)
+            while at and self.pending[at - 1][0] > ts:  # in time order: expiry stays in order
+                at -= 1
+            self.pending.insert(at, entry)
+            mine_pending = self.pending_users.setdefault(user, [])
+            mine_pending.append(entry)
+            mine_pending.sort(key=lambda e: e[0])
+        self.segments.pop(user, None)
 
     def _watch_purchase(self, watched: list[Any], event: dict[str, Any]) -> None:
         """A purchase inside the attribution window after the offer (or the holdout)."""

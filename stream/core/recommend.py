@@ -204,6 +204,25 @@ class Recommender:
         self._top = None
         return True
 
+    def take_user(self, user: str) -> list[list[Any]] | None:
+        """Remove and return ``user``'s history (it moves to the identity they were merged
+        into; what they taught the item statistics stays); None when none is held."""
+        events = self.users.pop(user, None)
+        return [list(e) for e in events] if events else None
+
+    def merge_user(self, user: str, events: Iterable[Iterable[Any]]) -> None:
+        """Add a merged id's history (:meth:`take_user`) to ``user``'s, in time order.
+
+        Idempotent: events already held are not added again.
+        """
+        mine = set(self.users.get(user, ()))
+        for item, ts, kind in events:
+            if not 0 <= int(kind) < len(KINDS):
+                raise ValueError(f"unknown event kind {kind!r} in a handover")
+            mine.add((str(item), int(ts), int(kind)))
+        if mine:
+            self.users[user] = sorted(mine, key=lambda e: (e[1], e[2], e[0]))[-self.history :]
+
     # -- scoring ----------------------------------------------------------------------
 
     def popular(self) -> list[tuple[str, float]]:

@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import faust
 import orjson
@@ -368,31 +369,30 @@ def register(app: faust.App, rt: Runtime) -> None:
 
     async def recommendations(request: web.Request) -> web.Response:
         """Next items for a user, from the worker that holds the user's partition (a
-        request reaching another worker is forwarded to it once)."""
+        request reaching another worker is forwarded to it once). An id merged into an
+        identity (a login) is answered with the identity's items."""
         user = request.match_info["user_id"]
         asked = reco_query(request.query)
         if isinstance(asked, str):
             return _error(400, asked)
         k, exclude_seen, campaign = asked
         s = rt.settings
-        events = s.topic("events")
         p = partition_for(user.encode(), s.partitions)
-        if p not in owned(app, events):
-            if request.headers.get(FORWARDED):
-                return _error(
-                    503,
-                    f"partition {p} of user {user!r} is moving between workers: retry shortly",
-                    {"Retry-After": "2"},
-                )
-            url = owner_url(app, events, p)
-            if url is None:
-                return _error(
-                    503,
-                    f"no worker holds partition {p} of {events} yet: retry shortly",
-                    {"Retry-After": "2"},
-                )
-            return await forward(request, url)
+        if p not in owned(app, s.topic("events")):
+            return await forward(request, p, str(request.rel_url))
         held = pseudonymize(user, s.pseudonymize_salt) if s.pseudonymize_salt else user
+        book = rt.stage.identities.get(p)
+        identity = book.canonical(held) if book is not None else held
+        if identity != held and not s.pseudonymize_salt:  # logged in: the identity's items
+            p = partition_for(identity.encode(), s.partitions)
+            if p not in owned(app, s.topic("events")):
+                path = f"/v1/users/{quote(identity, safe='')}/recommendations"
+                got = await forward(request, p, f"{path}?{request.query_string}")
+                if got.status != 200 or got.body is None:
+                    return got
+                body = orjson.loads(bytes(got.body))  # type: ignore[arg-type]
+                return _json(200, {**body, "user_id": user}, {SERVED_BY: got.headers[SERVED_BY]})
+            held = identity
         reco = rt.stage.recommenders.get(p)
         items, policy = reco.recommend(held, k, exclude_seen, campaign) if reco else ([], "popular")
         return _json(
@@ -405,12 +405,21 @@ def register(app: faust.App, rt: Runtime) -> None:
             },
         )
 
-    async def forward(request: web.Request, url: str) -> web.Response:
+    async def forward(request: web.Request, p: int, path: str) -> web.Response:
+        """Pass ``request`` (as ``path``) to the worker holding partition ``p``, once."""
+        events = rt.settings.topic("events")
+        url = owner_url(app, events, p)
+        if request.headers.get(FORWARDED) or url is None:
+            return _error(
+                503,
+                f"partition {p} of {events} is moving between workers: retry shortly",
+                {"Retry-After": "2"},
+            )
         headers = {FORWARDED: "1"}
         if "Authorization" in request.headers:
             headers["Authorization"] = request.headers["Authorization"]
-        target = url.rstrip("/") + str(request.rel_url)
         try:
+            target = url.rstrip("/") + path
             async with app.http_client.get(target, headers=headers, timeout=FORWARD_TIMEOUT) as got:
                 body = await got.read()
                 headers = {SERVED_BY: url}

@@ -6,7 +6,8 @@ five shoppers, at least 3 of the simulator's true top-5 next items must be in
 ``GET /v1/users/{id}/recommendations?k=20``, and both workers answer the same
 (one of them forwards to the other). Offers carry items and the propensity; the
 holdout gets none but is counted and its outcomes reach ``pulse.offers`` beside the
-offered users'. ``pulse erase --user`` leaves a shopper the popularity fallback.
+offered users'. A visitor's anonymous history follows their login to another
+partition. ``pulse erase --user`` leaves a shopper the popularity fallback.
 The endpoint's latency on the worker holding the user is printed (not asserted).
 """
 
@@ -133,6 +134,33 @@ async def test_shoppers_get_their_true_next_items_from_any_worker(
     assert groups == {"offer", "holdout"}, groups
     assert all(in_holdout(o["user_id"], 0.1) == (o["group"] == "holdout") for o in outcomes)
     print(f"offers {len(offers)}, held out {held_out:.0f}, outcomes {len(outcomes)}")
+
+    # a visitor browses anonymously, then logs in (the ids on different partitions): the
+    # history follows the login, and the anonymous id is answered with the user's items
+    anon = next(f"a-{n}" for n in range(100) if partition_for(f"a-{n}".encode(), 4) != 0)
+    login = next(
+        f"u-{n}"
+        for n in range(100)
+        if partition_for(f"u-{n}".encode(), 4) not in (0, partition_for(anon.encode(), 4))
+    )
+    t0 = events[-1]["event_time"] + 1_000
+    visit = [
+        {"event_id": f"visit-{n}", "type": "view", "event_time": t0 + n * 1_000,
+         "anonymous_id": anon, "item_id": sim.item_id(sim.item(0, n))}
+        for n in range(3)
+    ]  # fmt: skip
+    visit.append(
+        {"event_id": "visit-login", "type": "identify", "event_time": t0 + 5_000,
+         "anonymous_id": anon, "user_id": login}
+    )  # fmt: skip
+    handovers = sum(w.metric_sum("pulse_identity_handovers_total") for w in workers)
+    keyed = [((e.get("user_id") or e["anonymous_id"]).encode(), orjson.dumps(e)) for e in visit]
+    await produce(kafka.bootstrap, topic(env, "events"), keyed)
+    wait_total(workers, "pulse_identity_handovers_total", handovers + 1)
+    mine = get(first.url, login, k="20")
+    assert mine["policy"] == "session-knn", mine
+    as_anon = get(second.url, anon, k="20")
+    assert as_anon["user_id"] == anon and as_anon["items"] == mine["items"]
 
     # erasing a shopper leaves them the popularity fallback
     user = shoppers[5]
