@@ -1,12 +1,13 @@
 """The JSON Schema documents (draft-07) that are the normative form of Pulse's formats.
 
-``event`` is what trackers send; ``dlq``, ``metrics`` and ``trigger`` describe the
-records Pulse writes to ``pulse.events.dlq``, ``pulse.metrics`` and ``pulse.triggers``.
+``event`` is what trackers send; ``dlq``, ``metrics``, ``trigger`` and ``offer`` describe
+the records Pulse writes to ``pulse.events.dlq``, ``pulse.metrics``, ``pulse.triggers``
+and ``pulse.offers``.
 
 >>> sorted(load_schema("event")["required"])
 ['event_id', 'event_time', 'type']
 >>> SCHEMA_NAMES
-('event', 'dlq', 'metrics', 'trigger')
+('event', 'dlq', 'metrics', 'trigger', 'offer')
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 from importlib import resources
 from typing import Any
 
-SCHEMA_NAMES: tuple[str, ...] = ("event", "dlq", "metrics", "trigger")
+SCHEMA_NAMES: tuple[str, ...] = ("event", "dlq", "metrics", "trigger", "offer")
 
 
 @functools.cache

@@ -198,7 +198,9 @@ def describe(user: str, receipt: EraseReceipt, wait_s: float) -> tuple[int, str]
         f"{head}; applied {receipt.waited_s:.2f}s after the request: last click removed (changelog "
         f"tombstone) on partitions {ack.get('clicks') or 'none held'}, model features "
         f"removed and checkpointed on partitions {ack.get('models') or 'none held'}, "
-        f"segment cache dropped. {kept(receipt.retention)}"
+        f"recommendation sessions removed and their item statistics taken back on partitions "
+        f"{ack.get('recommenders') or 'none held'}, segment cache dropped. "
+        f"{kept(receipt.retention)}"
     )
 
 

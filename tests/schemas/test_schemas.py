@@ -157,6 +157,9 @@ TRIGGER_RECORD = {
 }
 
 
+OFFER_RECORD = load_schema("offer")["examples"][0]
+
+
 @pytest.mark.parametrize(
     ("name", "record"),
     [
@@ -175,6 +178,8 @@ TRIGGER_RECORD = {
                 "params": {"offer": "10OFF"},
             },
         ),
+        ("offer", OFFER_RECORD),
+        ("offer", {**OFFER_RECORD, "group": "offer", "converted": False, "revenue": 0}),
     ],
 )
 def test_sample_record_validates(name: str, record: dict[str, Any]) -> None:
@@ -198,6 +203,8 @@ def _without(record: dict[str, Any], key: str) -> dict[str, Any]:
         ("trigger", {**TRIGGER_RECORD, "target": {}}),
         ("trigger", {**TRIGGER_RECORD, "action": "user.send_offer"}),  # needs a user_id
         ("trigger", _without(TRIGGER_RECORD, "trigger_id")),
+        ("offer", {**OFFER_RECORD, "group": "control"}),
+        ("offer", _without(OFFER_RECORD, "converted")),
     ],
 )
 def test_bad_record_fails(name: str, record: dict[str, Any]) -> None:

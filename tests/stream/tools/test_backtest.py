@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fastjsonschema
 import orjson
 
+from schemas import load_schema
 from stream.config import Settings
 from stream.core.fx import read_csv
 from stream.core.privacy import Pseudonymizer
@@ -129,6 +131,9 @@ def test_backtest_writes_offer_outcomes_that_the_report_compares(tmp_path) -> No
     env = {"PULSE_RULES": str(rules), "PULSE_ATTRIBUTION_WINDOW": "1h", "PULSE_CURRENCY": "USD"}
     summary = run_backtest(Settings.from_env(env), path, tmp_path / "out", progress=False)
     outcomes = [orjson.loads(x) for x in (tmp_path / "out/offers.jsonl").read_bytes().splitlines()]
+    check = fastjsonschema.compile(load_schema("offer"))
+    for outcome in outcomes:
+        check(outcome)
     groups = {o["group"] for o in outcomes}
     assert groups == {"offer", "holdout"} and summary["offers"] > 0
     offered = sum(o["group"] == "offer" for o in outcomes)
