@@ -288,6 +288,7 @@ class PartitionStage:
             for per_user in (m.users, m.engaged, m.segments, m.pending_users, m.last_offer):
                 ids.update(per_user)
             ids.update(m.watch)
+            ids.update(m.merged_from)
         for r in self.recommenders.values():
             ids.update(r.users)
         return ids

@@ -620,7 +620,7 @@ class PropensityModel:
         held = False
         maps = (
             self.users, self.engaged, self.segments, self.pending_users, self.last_offer,
-            self.watch,
+            self.watch, self.merged_from,
         )  # fmt: skip
         for per_user in maps:
             held = per_user.pop(user, None) is not None or held

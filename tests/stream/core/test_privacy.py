@@ -232,6 +232,10 @@ def test_model_erase_user_leaves_no_trace_in_memory_or_the_checkpoint() -> None:
                     "channel": "web"})  # fmt: skip
     m.on_event({"type": "purchase", "ts": 9000, "user_id": "other-user", "revenue": 5.0,
                 "channel": "web"})  # fmt: skip
+    device = PropensityModel(attribution_ms=60_000)
+    device.on_event(click("ghost-user", 9500))
+    m.merge_user("other-user", "ghost-user", device.take_user("ghost-user") or {})  # a login
+    assert "ghost-user" in m.merged_from and not device.users
     assert b"ghost-user" in pickle.dumps(m)
     assert m.erase_user("ghost-user") is True
     assert b"ghost-user" not in pickle.dumps(m)  # any new per-user state must be erased too
