@@ -226,8 +226,10 @@ class Recommender:
     # -- scoring ----------------------------------------------------------------------
 
     def popular(self) -> list[tuple[str, float]]:
-        """The most popular items with their popularity relative to the first (cached)."""
-        if self._top is None or self._changes > 50:
+        """The most popular items with their popularity relative to the first (cached:
+        recomputed after a number of new events that grows with the catalog, so the cost
+        per event stays bounded)."""
+        if self._top is None or self._changes > max(50, len(self.pop) // 100):
             top = heapq.nlargest(TOP_POPULAR, self.pop.items(), key=lambda kv: kv[1])
             first = top[0][1] if top else 1.0
             self._top = [(i, v / first) for i, v in top]
