@@ -14,7 +14,7 @@ What it keeps, all bounded:
   at most ``neighbours`` (M) neighbours: within a session each event's item is a
   neighbour of the items before it (sequential rules, weight ``1/distance``) and,
   at half that weight, they of it (co-visitation). Both decay in event time with
-  ``half_life_ms`` (default 7 days). At most ``max_items`` items are kept: past
+  ``half_life_ms`` (default 30 days). At most ``max_items`` items are kept: past
   that, the least popular quarter is dropped.
 
 Scoring a user (:meth:`Recommender.recommend`): each item of the current session,
@@ -71,7 +71,7 @@ class Recommender:
         session_gap_ms: int = 1_800_000,
         neighbours: int = 50,
         history: int = 30,
-        half_life_ms: int = 7 * DAY_MS,
+        half_life_ms: int = 30 * DAY_MS,
         max_items: int = 200_000,
         user_ttl_ms: int = 30 * DAY_MS,
     ) -> None:
@@ -172,9 +172,15 @@ class Recommender:
     def _rescale(self, ts: int) -> None:
         factor = 2.0 ** (-(ts - self.base) / self.half_life_ms)
         self.base = ts
-        self.pop = {i: v * factor for i, v in self.pop.items()}
+        # what decayed to nothing (below the smallest float) is forgotten
+        self.pop = {i: x for i, v in self.pop.items() if (x := v * factor) > 0.0}
+        co = {}
         for a, row in self.co.items():
-            self.co[a] = {b: v * factor for b, v in row.items()}
+            kept = {b: x for b, v in row.items() if (x := v * factor) > 0.0}
+            if kept and a in self.pop:
+                co[a] = kept
+        self.co = co
+        self.campaigns = {a: c for a, c in self.campaigns.items() if a in self.pop}
         self._top = None
 
     def _drop_items(self) -> None:
@@ -290,9 +296,9 @@ class Recommender:
 
     def _add_row(self, item: str, weight: float, into: dict[str, float]) -> None:
         """Add ``item``'s neighbours, scaled to its strongest one, times ``weight``."""
-        row = self.co.get(item)
-        if row:
-            top = max(row.values())
+        row = self.co.get(item) or {}
+        top = max(row.values(), default=0.0)
+        if top > 0.0:
             for other, v in row.items():
                 into[other] = into.get(other, 0.0) + weight * v / top
 

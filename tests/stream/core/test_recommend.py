@@ -86,3 +86,10 @@ def test_checkpoint_round_trip_scores_the_same() -> None:
     for user in list(rec.users)[:10]:
         assert twin.recommend(user, 20) == rec.recommend(user, 20)
     assert plainstate.dumps(twin.to_state()) == plainstate.dumps(rec.to_state())
+
+
+def test_state_that_decays_below_the_smallest_float_is_forgotten() -> None:
+    rec = Recommender(half_life_ms=MIN)
+    feed(rec, [("a", ["x", "y"])])
+    rec.observe("b", "x", "view", 2_000 * MIN)  # y and the pair decayed to nothing
+    assert "y" not in rec.pop and rec.recommend("b", 5)[0][0][0] == "x"
