@@ -37,6 +37,111 @@ MINUTE_MS = 60_000
 KIND_SHARES = (("view", 0.70), ("click", 0.20), ("add_to_cart", 0.07), ("purchase", 0.03))
 
 
+Prefs = list[tuple[int, float]]  # preferred categories with their weights
+
+
+class Catalog:
+    """Items in categories of ``category_size`` with Zipf popularity, and how a shopper
+    walks them (the module docstring's probabilities). Items past the last whole
+    category are never shown.
+
+    >>> cat = Catalog(100)
+    >>> cat.successor(19), cat.item_id(cat.successor(7))
+    (0, 'sku-00008')
+    """
+
+    def __init__(
+        self,
+        items: int,
+        category_size: int = 20,
+        p_next: float = 0.45,
+        p_revisit: float = 0.15,
+        p_switch: float = 0.10,
+    ) -> None:
+        if items < category_size or category_size < 1:
+            raise ValueError(f"items ({items}) must fill at least one category of {category_size}")
+        self.category_size = category_size
+        self.categories = items // category_size
+        self.p_next, self.p_revisit, self.p_switch = p_next, p_revisit, p_switch
+        cat_w = [1.0 / (c + 1) for c in range(self.categories)]
+        self.cat_pop = [w / sum(cat_w) for w in cat_w]
+        in_w = [1.0 / (i + 1) for i in range(category_size)]
+        self.in_pop = [w / sum(in_w) for w in in_w]  # popularity of a rank in its category
+        self._cat_cum = list(accumulate(self.cat_pop))
+        self._in_cum = list(accumulate(self.in_pop))
+
+    def item(self, category: int, rank: int) -> int:
+        """The item ranked ``rank`` in ``category``: its successor is the next id, not the
+        next most popular item."""
+        return category * self.category_size + (rank * 7) % self.category_size
+
+    def successor(self, item: int) -> int:
+        c, i = divmod(item, self.category_size)
+        return c * self.category_size + (i + 1) % self.category_size
+
+    @staticmethod
+    def item_id(item: int) -> str:
+        return f"sku-{item:05d}"
+
+    def prefs(self, rng: random.Random) -> Prefs:
+        """Two preferred categories (by popularity) with weights."""
+        a, b = self._pick_category(rng), self._pick_category(rng)
+        wa = rng.uniform(0.5, 0.9)
+        return [(a, wa), (b, 1.0 - wa)] if a != b else [(a, 1.0)]
+
+    def start(self, rng: random.Random, prefs: Prefs) -> int:
+        """A session's first item: from a preferred category, by popularity."""
+        return self.item(self._pick_pref(rng, prefs), self._pick_rank(rng))
+
+    def next(self, rng: random.Random, prefs: Prefs, session: list[int], item: int) -> int:
+        """The item after ``item`` in a session that saw ``session``."""
+        x = rng.random()
+        if x < self.p_next:
+            return self.successor(item)
+        x -= self.p_next
+        if x < self.p_revisit:
+            return rng.choice(list(dict.fromkeys(session)))
+        x -= self.p_revisit
+        if x < self.p_switch:
+            return self.item(self._pick_category(rng), self._pick_rank(rng))
+        return self.start(rng, prefs)
+
+    def truth(self, prefs: Prefs, session: list[int], last: int) -> dict[str, float]:
+        """The distribution :meth:`next` draws from, by item id."""
+        probs: dict[int, float] = {}
+
+        def add(item: int, p: float) -> None:
+            probs[item] = probs.get(item, 0.0) + p
+
+        add(self.successor(last), self.p_next)
+        seen = list(dict.fromkeys(session))
+        for item in seen:
+            add(item, self.p_revisit / len(seen))
+        for c in range(self.categories):
+            for r in range(self.category_size):
+                add(self.item(c, r), self.p_switch * self.cat_pop[c] * self.in_pop[r])
+        rest = 1.0 - self.p_next - self.p_revisit - self.p_switch
+        for c, w in prefs:
+            for r in range(self.category_size):
+                add(self.item(c, r), rest * w * self.in_pop[r])
+        return {self.item_id(i): p for i, p in probs.items()}
+
+    def _pick_category(self, rng: random.Random) -> int:
+        return min(bisect_right(self._cat_cum, rng.random()), self.categories - 1)
+
+    def _pick_rank(self, rng: random.Random) -> int:
+        return min(bisect_right(self._in_cum, rng.random()), self.category_size - 1)
+
+    @staticmethod
+    def _pick_pref(rng: random.Random, prefs: Prefs) -> int:
+        x = rng.random()
+        for c, w in prefs:
+            x -= w
+            if x < 0:
+                return c
+        return prefs[-1][0]
+
+
 @dataclass
 class BrowseSim:
     """``users`` shoppers over ``days`` of event time from ``start_ms`` (seeded)."""
@@ -54,55 +159,22 @@ class BrowseSim:
     seed: int = 42
     start_ms: int = 1_700_000_000_000
     #: user -> (preferred categories with weights, current session's items, last item)
-    state: dict[str, tuple[list[tuple[int, float]], list[int], int]] = field(default_factory=dict)
+    state: dict[str, tuple[Prefs, list[int], int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.items < self.category_size or self.items % self.category_size:
+        if self.items % self.category_size:
             raise ValueError(
-                f"items ({self.items}) must be a multiple of category_size "
-                f"({self.category_size}) and at least one category"
+                f"items ({self.items}) must be a multiple of category_size ({self.category_size})"
             )
-        self.categories = self.items // self.category_size
-        cat_w = [1.0 / (c + 1) for c in range(self.categories)]
-        self._cat_total = sum(cat_w)
-        self.cat_pop = [w / self._cat_total for w in cat_w]
-        in_w = [1.0 / (i + 1) for i in range(self.category_size)]
-        total = sum(in_w)
-        self.in_pop = [w / total for w in in_w]  # popularity of an item's rank in its category
-        # the item ranked r in category c is item id (c * size + (r * 7) % size): the
-        # sequential successor of an item is the next id, not the next most popular one
-        self._cat_cum = list(accumulate(self.cat_pop))
-        self._in_cum = list(accumulate(self.in_pop))
-
-    def item(self, category: int, rank: int) -> int:
-        return category * self.category_size + (rank * 7) % self.category_size
-
-    def successor(self, item: int) -> int:
-        c, i = divmod(item, self.category_size)
-        return c * self.category_size + (i + 1) % self.category_size
-
-    def item_id(self, item: int) -> str:
-        return f"sku-{item:05d}"
+        self.catalog = Catalog(
+            self.items, self.category_size, self.p_next, self.p_revisit, self.p_switch
+        )
+        self.item, self.successor = self.catalog.item, self.catalog.successor
+        self.item_id = self.catalog.item_id
 
     def truth(self, user: str) -> dict[str, float]:
         """The true distribution of ``user``'s next item after the events so far."""
-        prefs, session, last = self.state[user]
-        probs: dict[int, float] = {}
-
-        def add(item: int, p: float) -> None:
-            probs[item] = probs.get(item, 0.0) + p
-
-        add(self.successor(last), self.p_next)
-        for item in session:
-            add(item, self.p_revisit / len(session))
-        for c in range(self.categories):
-            for r in range(self.category_size):
-                add(self.item(c, r), self.p_switch * self.cat_pop[c] * self.in_pop[r])
-        rest = 1.0 - self.p_next - self.p_revisit - self.p_switch
-        for c, w in prefs:
-            for r in range(self.category_size):
-                add(self.item(c, r), rest * w * self.in_pop[r])
-        return {self.item_id(i): p for i, p in probs.items()}
+        return self.catalog.truth(*self.state[user])
 
     def top(self, user: str, k: int = 5) -> list[str]:
         """The ``k`` items ``user`` most likely views next (the ground truth)."""
@@ -120,9 +192,7 @@ class BrowseSim:
         plans = []
         for u in range(self.users):
             user = f"shopper-{u:05d}"
-            a, b = self._pick_category(rng), self._pick_category(rng)
-            wa = rng.uniform(0.5, 0.9)
-            prefs = [(a, wa), (b, 1.0 - wa)] if a != b else [(a, 1.0)]
+            prefs = self.catalog.prefs(rng)
             sessions = 1 + int(rng.expovariate(1.0 / max(self.sessions_per_user - 1, 1e-9)))
             for _ in range(sessions):
                 plans.append((rng.randrange(span), user, prefs))
@@ -130,12 +200,11 @@ class BrowseSim:
         for start, user, prefs in plans:
             t = start
             session: list[int] = []
-            c = self._pick_pref(rng, prefs)
-            item = self.item(c, self._pick_rank(rng))
+            item = self.catalog.start(rng, prefs)
             length = 1 + int(rng.expovariate(1.0 / max(self.session_events - 1, 1e-9)))
             for step in range(length):
                 if step:
-                    item = self._next(rng, prefs, session, item)
+                    item = self.catalog.next(rng, prefs, session, item)
                     t += rng.randint(10_000, 180_000)
                 session.append(item)
                 self.state[user] = (prefs, list(dict.fromkeys(session)), item)
@@ -161,31 +230,3 @@ class BrowseSim:
                 out.append(ev)
         out.sort(key=lambda e: e["event_time"])
         return out
-
-    def _pick_category(self, rng: random.Random) -> int:
-        return min(bisect_right(self._cat_cum, rng.random()), self.categories - 1)
-
-    def _pick_rank(self, rng: random.Random) -> int:
-        return min(bisect_right(self._in_cum, rng.random()), self.category_size - 1)
-
-    def _pick_pref(self, rng: random.Random, prefs: list[tuple[int, float]]) -> int:
-        x = rng.random()
-        for c, w in prefs:
-            x -= w
-            if x < 0:
-                return c
-        return prefs[-1][0]
-
-    def _next(
-        self, rng: random.Random, prefs: list[tuple[int, float]], session: list[int], item: int
-    ) -> int:
-        x = rng.random()
-        if x < self.p_next:
-            return self.successor(item)
-        x -= self.p_next
-        if x < self.p_revisit:
-            return rng.choice(list(dict.fromkeys(session)))
-        x -= self.p_revisit
-        if x < self.p_switch:
-            return self.item(self._pick_category(rng), self._pick_rank(rng))
-        return self.item(self._pick_pref(rng, prefs), self._pick_rank(rng))

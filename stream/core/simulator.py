@@ -39,6 +39,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from stream.core.browsing import Catalog
+
 SCENARIOS = ("steady", "ctr-drop", "surge")
 
 CHANNELS = ("web", "mobile", "email", "social", "search", "display")
@@ -134,7 +136,10 @@ class SimConfig:
     #: share of clicks followed by an add_to_cart of the same campaign (0: none)
     cart_share: float = 0.0
     #: products in the catalog: views, clicks and carts carry an ``item_id`` and
-    #: purchases their ``items`` (0: no items). Item draws use their own random stream.
+    #: purchases their ``items`` (0: no items). Each user walks the catalog as a
+    #: :class:`~stream.core.browsing.BrowseSim` shopper does (preferred categories,
+    #: sequential successors, re-visits within a 30 min session); item draws use their
+    #: own random stream, so traffic is the same with or without items.
     catalog: int = 0
 
     def __post_init__(self) -> None:
@@ -338,6 +343,9 @@ class Simulator:
         """``click_truth`` fills :attr:`SimTruth.click_propensity` (one entry per click)."""
         self.cfg = cfg
         self.click_truth = click_truth
+        #: per user, their walk through the catalog so far: [preferred categories, session,
+        #: the session's items, last item] (:meth:`next_items` reads it)
+        self.walks: dict[str, list[Any]] = {}
         rng = random.Random(cfg.seed)
         self._run = _base36(cfg.start_ms)
         self.campaigns = self._make_campaigns(rng)
@@ -473,6 +481,9 @@ class Simulator:
         # items and carts draw from their own stream: with neither, traffic is unchanged
         item_rng = random.Random(f"{cfg.seed}/items")
         catalog, cart_share = cfg.catalog, cfg.cart_share
+        shop = Catalog(catalog, min(20, catalog)) if catalog else None
+        # user -> [preferred categories, session (30 min bucket), session's items, last item]
+        walks = self.walks = {}
         cart_lo, cart_hi = _CART_DELAY_MS
         expo = rng.expovariate
         self.truth = truth = self._new_truth()
@@ -569,9 +580,19 @@ class Simulator:
                 emit = t + send_delay()
                 ev = make_event("view", t, emit, user, c, var, chan)
                 item = None
-                if catalog:  # popular products first: item k with weight ~ 1/sqrt(k)
-                    item = f"sku-{int(catalog * item_rng.random() ** 2):05d}"
-                    ev["item_id"] = item
+                if shop is not None:  # the user's walk through the catalog (browsing.py)
+                    walk = walks.get(user.key)
+                    if walk is None:
+                        walk = walks[user.key] = [shop.prefs(item_rng), -1, [], 0]
+                    bucket = (start + t) // _SESSION_MS
+                    if walk[1] != bucket:
+                        walk[1], walk[2] = bucket, []
+                        idx = shop.start(item_rng, walk[0])
+                    else:
+                        idx = shop.next(item_rng, walk[0], walk[2], walk[3])
+                    walk[2].append(idx)
+                    walk[3] = idx
+                    item = ev["item_id"] = shop.item_id(idx)
                 seq += 1
                 push(heap, (emit, seq, "valid", ev, user.key_bytes, (c, var, 0), None, None))
                 p_click = variant_ctr[c][vi] * CHANNEL_CTR[chan] * user.affinity
@@ -684,6 +705,12 @@ class Simulator:
                 elif kind == "malformed":
                     truth.malformed_reasons[why or ""] += 1
             yield SimBatch(at, items)
+
+    def next_items(self, user: str, k: int = 5) -> list[str]:
+        """The ``k`` items ``user`` most likely views next after the run (the truth)."""
+        prefs, _, session, last = self.walks[user]
+        truth = Catalog(self.cfg.catalog, min(20, self.cfg.catalog)).truth(prefs, session, last)
+        return sorted(truth, key=lambda i: (-truth[i], i))[:k]
 
     def expected_items(self) -> int:
         """About how many items :meth:`batches` yields (for progress bars)."""

@@ -438,3 +438,19 @@ def test_carts_and_items_ride_on_the_same_traffic() -> None:
     views = sum(1 for e in plain_events if e["type"] == "view")
     assert abs(counted["view"] - views) < 0.01 * views
     assert all(e["context"]["timezone"].count("/") == 1 for e in plain_events)
+
+
+def test_users_walk_the_catalog_and_a_recommender_finds_their_next_items() -> None:
+    from stream.core.recommend import Recommender
+
+    sim = Simulator(SimConfig(rate=200, duration_s=600, seed=3, users=200, catalog=200))
+    rec = Recommender()
+    for batch in sim.batches():
+        for item in batch.items:
+            if item.kind == "valid" and "item_id" in item.event:
+                e = check_event(item.event, 10**13)
+                assert isinstance(e, dict)
+                rec.observe_event(e.get("user_id") or e["anonymous_id"], e)
+    busy = sorted(sim.walks, key=lambda u: -len(sim.walks[u][2]))[:10]
+    found = [len({i for i, _ in rec.recommend(u, 20)[0]} & set(sim.next_items(u, 5))) for u in busy]
+    assert sum(found) / len(found) >= 3, found
