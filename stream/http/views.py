@@ -106,6 +106,7 @@ class RedactBadRequests(logging.Filter):
 
 FORWARDED = "X-Pulse-Forwarded"  # a request one worker passed to another
 SERVED_BY = "X-Pulse-Served-By"  # on a forwarded answer: the worker that made it
+MAX_HOPS = 2  # a request forwarded to the id's worker, then to its identity's
 MAX_K = 100
 FORWARD_TIMEOUT = ClientTimeout(total=5)
 
@@ -406,16 +407,19 @@ def register(app: faust.App, rt: Runtime) -> None:
         )
 
     async def forward(request: web.Request, p: int, path: str) -> web.Response:
-        """Pass ``request`` (as ``path``) to the worker holding partition ``p``, once."""
+        """Pass ``request`` (as ``path``) to the worker holding partition ``p``: at most two
+        hops (to the id's partition, then to its identity's)."""
         events = rt.settings.topic("events")
         url = owner_url(app, events, p)
-        if request.headers.get(FORWARDED) or url is None:
+        came = request.headers.get(FORWARDED, "0")
+        hops = int(came) if came.isdigit() else MAX_HOPS
+        if hops >= MAX_HOPS or url is None:
             return _error(
                 503,
                 f"partition {p} of {events} is moving between workers: retry shortly",
                 {"Retry-After": "2"},
             )
-        headers = {FORWARDED: "1"}
+        headers = {FORWARDED: str(hops + 1)}
         if "Authorization" in request.headers:
             headers["Authorization"] = request.headers["Authorization"]
         try:
