@@ -656,6 +656,15 @@ class PropensityModel:
         purchases. Applied once per ``source`` and state (a replay changes nothing)."""
         row = taken.get("row")
         pending = [(int(ts), dict(x), float(p)) for ts, x, p in taken.get("pending") or ()]
+        watch = taken.get("watch")
+        if row is not None and (len(row) != 8 or not all(type(v) in (int, float) for v in row)):
+            raise ValueError("a handover's counters are not 8 numbers")
+        if any(not set(x).issuperset(_NUMERIC)
+               or not all(type(v) in (int, float) for v in x.values())
+               for _, x, _ in pending):  # fmt: skip
+            raise ValueError("a handover's click awaiting a label lacks its numeric features")
+        if watch is not None and (len(watch) != 7 or watch[0] not in GROUPS):
+            raise ValueError("a handover's offer follow-up is not [group, ts, trigger, ...]")
         times = [ts for ts, _, _ in pending] + ([int(row[4])] if row else [])
         version = max(times, default=-1)
         if self.merged_from.get(source, -2) >= version:
@@ -680,7 +689,6 @@ class PropensityModel:
         offered = taken.get("last_offer")
         if offered is not None:
             self.last_offer[user] = max(self.last_offer.get(user, 0), int(offered))
-        watch = taken.get("watch")
         if watch is not None and user not in self.watch:
             self.watch[user] = list(watch)
         for ts, x, p in pending:

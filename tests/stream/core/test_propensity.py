@@ -290,3 +290,20 @@ def test_sweeps_change_no_offer_even_out_of_order() -> None:
         out_a, out_b = a.on_event(e), b.on_event(e)
         assert (out_a.offers, out_a.held) == (out_b.offers, out_b.held)
     assert len(a.last_offer) < len(b.last_offer)
+
+
+def test_a_malformed_handover_is_refused_and_changes_nothing() -> None:
+    import pytest
+
+    m = PropensityModel(attribution_ms=10 * MIN)
+    m.on_event(click(0, "u"))
+    before = plainstate.dumps(m.to_state())
+    for bad in (
+        {"row": [1, 2]},
+        {"row": [1, 1, 0, 0.0, 5, "x", 0.0, 0.0]},
+        {"pending": [[1, {"views": 1.0}, 0.5]]},
+        {"watch": ["control", 1, "t", "c", 0, 0.0, 0]},
+    ):
+        with pytest.raises(ValueError):
+            m.merge_user("u", "a-1", bad)
+    assert plainstate.dumps(m.to_state()) == before
