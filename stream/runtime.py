@@ -208,11 +208,8 @@ class Runtime:
 
     def load_recommender(self, blob: str, where: str) -> Recommender:
         """A fresh recommender set to a :meth:`model_blob` checkpoint once its seal is checked."""
-        payload = self.state_key.open(base64.b64decode(blob), where)
-        if not payload.startswith(plainstate.MAGIC):
-            raise StateRecordError(f"{where} is not a plain-data checkpoint written by Pulse")
         reco = self.stage.new_recommender()
-        reco.load_state(plainstate.loads(payload))
+        reco.load_state(self.plain_checkpoint(blob, where))
         return reco
 
     def load_model(self, blob: str, where: str) -> PropensityModel | None:
@@ -221,6 +218,16 @@ class Runtime:
         Only plain data is read, never a pickle (those of earlier releases are
         refused: they could run code); None when offers are disabled.
         """
+        state = self.plain_checkpoint(blob, where)
+        new_model = self.stage.new_model
+        if new_model is None:
+            return None
+        model = new_model()
+        model.load_state(state)
+        return model
+
+    def plain_checkpoint(self, blob: str, where: str) -> Any:
+        """The plain data of a :meth:`model_blob` checkpoint once its seal is checked."""
         payload = self.state_key.open(base64.b64decode(blob), where)
         if not payload.startswith(plainstate.MAGIC):
             raise StateRecordError(
@@ -228,12 +235,7 @@ class Runtime:
                 "release, or not written by Pulse) and is not loaded, as a pickle could run "
                 "code; the model relearns from the stream once the record is deleted"
             )
-        new_model = self.stage.new_model
-        if new_model is None:
-            return None
-        model = new_model()
-        model.load_state(plainstate.loads(payload))
-        return model
+        return plainstate.loads(payload)
 
     @property
     def stage(self) -> PartitionStage:

@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
-from stream.core.recommend import KINDS, Recommender, hit_rank, session_popularity
+from stream.core.recommend import KINDS, Recommender
 
 ItemEvent = tuple[str, str, str, int]  # user, item, kind, ts (ms)
 
@@ -69,3 +69,29 @@ def next_item_quality(
     out["cases"] = cases
     out["recommenders"] = recs
     return out
+
+
+def hit_rank(ranked: Iterable[str], target: str) -> int | None:
+    """1-based rank of ``target`` in ``ranked`` (None when absent).
+
+    >>> hit_rank(["a", "b"], "b"), hit_rank(["a"], "z")
+    (2, None)
+    """
+    for n, item in enumerate(ranked, 1):
+        if item == target:
+            return n
+    return None
+
+
+def session_popularity(events: Iterable[tuple[str, int, int]], k: int) -> list[str]:
+    """S-POP: the items of the user's current events by count, most recent first on ties.
+
+    >>> session_popularity([("a", 0, 0), ("b", 1, 0), ("a", 2, 0), ("c", 3, 0)], 2)
+    ['a', 'c']
+    """
+    counts: dict[str, list[float]] = {}
+    for n, (item, _, _) in enumerate(events):
+        c = counts.setdefault(item, [0, 0])
+        c[0] += 1
+        c[1] = n
+    return [i for i, _ in sorted(counts.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))[:k]]

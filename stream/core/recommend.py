@@ -39,7 +39,6 @@ is ``"session-knn"``.
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -376,33 +375,3 @@ class Recommender:
         if not all(0 <= c < len(KINDS) for c in kinds):
             raise ValueError("recommender state has an unknown event kind")
         self._top = None
-
-
-def hit_rank(ranked: Iterable[str], target: str) -> int | None:
-    """1-based rank of ``target`` in ``ranked`` (None when absent).
-
-    >>> hit_rank(["a", "b"], "b"), hit_rank(["a"], "z")
-    (2, None)
-    """
-    for n, item in enumerate(ranked, 1):
-        if item == target:
-            return n
-    return None
-
-
-def session_popularity(events: Iterable[tuple[str, int, int]], k: int) -> list[str]:
-    """S-POP: the items of the user's current events by count, most recent first on ties.
-
-    >>> session_popularity([("a", 0, 0), ("b", 1, 0), ("a", 2, 0), ("c", 3, 0)], 2)
-    ['a', 'c']
-    """
-    counts: dict[str, list[float]] = {}
-    for n, (item, _, _) in enumerate(events):
-        c = counts.setdefault(item, [0, 0])
-        c[0] += 1
-        c[1] = n
-    return [i for i, _ in sorted(counts.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))[:k]]
-
-
-def mean_or_zero(values: list[float]) -> float:
-    return math.fsum(values) / len(values) if values else 0.0

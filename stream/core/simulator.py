@@ -346,6 +346,7 @@ class Simulator:
         #: per user, their walk through the catalog so far: [preferred categories, session,
         #: the session's items, last item] (:meth:`next_items` reads it)
         self.walks: dict[str, list[Any]] = {}
+        self.catalog = Catalog(cfg.catalog, min(20, cfg.catalog)) if cfg.catalog else None
         rng = random.Random(cfg.seed)
         self._run = _base36(cfg.start_ms)
         self.campaigns = self._make_campaigns(rng)
@@ -480,8 +481,8 @@ class Simulator:
         rand = rng.random
         # items and carts draw from their own stream: with neither, traffic is unchanged
         item_rng = random.Random(f"{cfg.seed}/items")
-        catalog, cart_share = cfg.catalog, cfg.cart_share
-        shop = Catalog(catalog, min(20, catalog)) if catalog else None
+        cart_share = cfg.cart_share
+        shop = self.catalog
         # user -> [preferred categories, session (30 min bucket), session's items, last item]
         walks = self.walks = {}
         cart_lo, cart_hi = _CART_DELAY_MS
@@ -709,7 +710,8 @@ class Simulator:
     def next_items(self, user: str, k: int = 5) -> list[str]:
         """The ``k`` items ``user`` most likely views next after the run (the truth)."""
         prefs, _, session, last = self.walks[user]
-        truth = Catalog(self.cfg.catalog, min(20, self.cfg.catalog)).truth(prefs, session, last)
+        assert self.catalog is not None, "next_items needs a catalog (SimConfig.catalog)"
+        truth = self.catalog.truth(prefs, session, last)
         return sorted(truth, key=lambda i: (-truth[i], i))[:k]
 
     def expected_items(self) -> int:

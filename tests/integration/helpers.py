@@ -7,6 +7,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -357,3 +358,14 @@ def assert_exact(got: dict[Any, dict[str, Any]], expected: dict[Any, list[Any]])
         f"{len(diff)} of {len(want)} window records differ ({wrong} wrong fields; "
         f"[views, clicks, purchases, revenue, carts]):\n{describe(diff)}"
     )
+
+
+RULES = Path(__file__).resolve().parents[2] / "stream" / "rules.yaml"
+
+
+def offer_rules(tmp_path: Path, min_labels: int, min_score: float) -> Path:
+    """The shipped rules file with the user offer's warm-up and threshold changed."""
+    rules = tmp_path / "rules.yaml"
+    text = RULES.read_text().replace("min_labels: 200", f"min_labels: {min_labels}")
+    rules.write_text(text.replace("min_score: 0.5", f"min_score: {min_score}"))
+    return rules

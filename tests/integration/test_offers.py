@@ -4,7 +4,6 @@ the propensity models survive a restart with the same predictions."""
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import httpx
 import orjson
@@ -13,19 +12,23 @@ import pytest
 from stream.core import plainstate
 from stream.core.propensity import PropensityModel
 from stream.core.sealing import MAGIC, StateKey
-from tests.integration.helpers import consume_all, encode, final_click, history, produce, topic
+from tests.integration.helpers import (
+    consume_all,
+    encode,
+    final_click,
+    history,
+    offer_rules,
+    produce,
+    topic,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka4]
-
-RULES = Path(__file__).resolve().parents[2] / "stream" / "rules.yaml"
 
 
 async def test_offer_needs_intent_and_consent_and_models_survive_restart(
     make_worker, worker_env, kafka, tmp_path
 ) -> None:
-    rules = tmp_path / "rules.yaml"
-    text = RULES.read_text().replace("min_labels: 200", "min_labels: 20")
-    rules.write_text(text.replace("min_score: 0.5", "min_score: 0.6"))
+    rules = offer_rules(tmp_path, 20, 0.6)
     env = {
         "PULSE_RULES": str(rules),
         "PULSE_CHECKPOINT_INTERVAL": "0",

@@ -17,7 +17,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import orjson
@@ -26,11 +25,10 @@ import pytest
 from stream.core.browsing import BrowseSim
 from stream.core.propensity import in_holdout
 from stream.kafka.routing import partition_for
-from tests.integration.helpers import consume_all, encode, produce, topic
+from tests.integration.helpers import consume_all, encode, offer_rules, produce, topic
 
 pytestmark = [pytest.mark.integration]
 
-RULES = Path(__file__).resolve().parents[2] / "stream" / "rules.yaml"
 ENV = {
     "PULSE_WINDOW": "60s",
     "PULSE_GRACE": "5s",
@@ -59,9 +57,7 @@ def wait_total(workers: list, name: str, n: int, timeout_s: float = 180) -> None
 async def test_shoppers_get_their_true_next_items_from_any_worker(
     make_worker, worker_env, kafka, tmp_path
 ) -> None:
-    rules = tmp_path / "rules.yaml"
-    text = RULES.read_text().replace("min_labels: 200", "min_labels: 0")
-    rules.write_text(text.replace("min_score: 0.5", "min_score: 0.0"))
+    rules = offer_rules(tmp_path, 0, 0.0)
     env = dict(worker_env, **ENV, PULSE_RULES=str(rules))
     first = make_worker(**ENV, PULSE_RULES=str(rules))
     second = make_worker(**ENV, PULSE_RULES=str(rules))

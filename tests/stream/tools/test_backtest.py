@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import fastjsonschema
 import orjson
 
@@ -12,9 +10,7 @@ from stream.config import Settings
 from stream.core.fx import read_csv
 from stream.core.privacy import Pseudonymizer
 from stream.tools.backtest import partition_for, run_backtest
-from tests.integration.helpers import final_click, history
-
-RULES = Path(__file__).resolve().parents[3] / "stream" / "rules.yaml"
+from tests.integration.helpers import final_click, history, offer_rules
 
 BASE = 1_700_000_000_000 - 1_700_000_000_000 % 10_000
 
@@ -67,9 +63,7 @@ def test_partitions_follow_kafka_default_partitioner() -> None:
 
 
 def test_backtest_pseudonymises_like_the_worker(tmp_path) -> None:
-    rules = tmp_path / "rules.yaml"
-    text = RULES.read_text().replace("min_labels: 200", "min_labels: 20")
-    rules.write_text(text.replace("min_score: 0.5", "min_score: 0.6"))
+    rules = offer_rules(tmp_path, 20, 0.6)
     events = [*history(), final_click("buyer-0", True, 1), final_click("browser-0", True, 2)]
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"\n".join(orjson.dumps(e) for e in events))
@@ -123,9 +117,7 @@ def test_backtest_writes_offer_outcomes_that_the_report_compares(tmp_path) -> No
     from stream.core.browsing import BrowseSim
     from stream.tools.report import run_report
 
-    rules = tmp_path / "rules.yaml"
-    text = RULES.read_text().replace("min_labels: 200", "min_labels: 0")
-    rules.write_text(text.replace("min_score: 0.5", "min_score: 0.0"))
+    rules = offer_rules(tmp_path, 0, 0.0)
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"\n".join(orjson.dumps(e) for e in BrowseSim(users=200, seed=8).events()))
     env = {"PULSE_RULES": str(rules), "PULSE_ATTRIBUTION_WINDOW": "1h", "PULSE_CURRENCY": "USD"}
